@@ -1,0 +1,83 @@
+"""The common interface every defence implements, and the stack that chains them."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+
+class Defense:
+    """One defence on the features the device sends.
+
+    `obfuscate` is what the device applies before sending (used in training, validation and by every
+    attack); `encoder_loss` is an extra term only the encoder sees; `on_epoch_end` updates any state.
+    """
+
+    name = "defense"
+
+    def obfuscate(self, z: torch.Tensor, training: bool) -> torch.Tensor:
+        return z
+
+    def encoder_loss(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float) -> Optional[torch.Tensor]:
+        return None
+
+    def on_epoch_end(self, trainer) -> dict:
+        """Refresh state after an epoch; returns scalars to log (may be empty)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def to(self, device: torch.device) -> "Defense":
+        return self
+
+
+class DefenseStack(Defense):
+    """Applies defences in order; encoder losses add up."""
+
+    name = "stack"
+
+    def __init__(self, defenses: Sequence[Defense]):
+        self.defenses = list(defenses)
+
+    def obfuscate(self, z, training):
+        for d in self.defenses:
+            z = d.obfuscate(z, training)
+        return z
+
+    def encoder_loss(self, z, x, y, lr):
+        total = None
+        for d in self.defenses:
+            term = d.encoder_loss(z, x, y, lr)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def on_epoch_end(self, trainer):
+        logs = {}
+        for d in self.defenses:
+            logs.update(d.on_epoch_end(trainer))
+        return logs
+
+    def state_dict(self):
+        return {d.name: d.state_dict() for d in self.defenses}
+
+    def load_state_dict(self, state):
+        for d in self.defenses:
+            if d.name in state:
+                d.load_state_dict(state[d.name])
+
+    def to(self, device):
+        for d in self.defenses:
+            d.to(device)
+        return self
+
+    def deployed(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The obfuscation as deployed at inference, for attacks (which never import defenses)."""
+        return lambda z: self.obfuscate(z, training=False)
+
+    def find(self, name: str) -> Optional[Defense]:
+        return next((d for d in self.defenses if d.name == name), None)

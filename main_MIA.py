@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Train one split-learning configuration with its defence, then attack it with the decoder attack.
+
+Example (the paper's CIFAR-10 setting with CEM):
+  python main_MIA.py --dataset cifar10 --data_root ./data --regularization Gaussian_kl \
+      --regularization_strength 0.05 --lambd 16 --num_epochs 240
+Results go to <folder>/<filename>/: config.json, train_log.csv, metrics.json, log.txt,
+checkpoints/{last,best}.pt, images/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _none_or_float(s):
+    return None if s in (None, "", "None", "none") else float(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="vgg11_bn_sgm",
+                   help="split architecture: vgg11, vgg11_bn, vgg11_bn_sgm, vgg13, vgg13_bn, resnet20 "
+                        "(paper variant), resnet20_std, resnet32 (default: %(default)s)")
+    m.add_argument("--cutlayer", type=int, default=4,
+                   help="number of layers on the device (VGG: max-pools count as layers) (default: %(default)s)")
+    m.add_argument("--bottleneck_option", default="noRELU_C8S1",
+                   help="device-side bottleneck, e.g. noRELU_C8S1 = 8 channels, stride 1, no ReLU; "
+                        "None disables (default: %(default)s)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="cifar10",
+                   help="cifar10, cifar100, facescrub, tinyimagenet, digits, npz:<file>[,<test file>], "
+                        "imagefolder:<dir> (default: %(default)s)")
+    d.add_argument("--data_root", default="./data", help="folder holding the datasets (default: %(default)s)")
+    d.add_argument("--select_on", default="val", choices=["val", "test"],
+                   help="split that picks the best epoch: val = 10%% held out of train; test = the paper "
+                        "code's choice (optimistic) (default: %(default)s)")
+    d.add_argument("--limit_train", type=int, default=None, help="use a seeded random subset of N training images")
+    d.add_argument("--limit_test", type=int, default=None, help="use a seeded random subset of N test images")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch_size", type=int, default=128, help="(default: %(default)s)")
+    t.add_argument("--num_epochs", type=int, default=240,
+                   help="epochs; the lr milestones 60/120/180/210 of 240 scale with it (default: %(default)s)")
+    t.add_argument("--learning_rate", type=float, default=0.05, help="server lr, SGD (default: %(default)s)")
+    t.add_argument("--local_lr", type=_none_or_float, default=None,
+                   help="encoder (device) lr; default: same as --learning_rate")
+    t.add_argument("--random_seed", type=int, default=125, help="seed for data order, init, noise (default: %(default)s)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (faster; not bit-identical)")
+    t.add_argument("--channels_last", action="store_true", help="channels_last memory format on CUDA")
+    f = p.add_argument_group("defence")
+    f.add_argument("--regularization", default="Gaussian_kl",
+                   help="feature obfuscation: Gaussian_kl (Gaussian noise, std = --regularization_strength) "
+                        "or None (default: %(default)s)")
+    f.add_argument("--regularization_strength", type=float, default=0.05,
+                   help="noise standard deviation sigma (default: %(default)s)")
+    f.add_argument("--lambd", type=float, default=16.0,
+                   help="CEM weight lambda; 0 turns CEM off (default: %(default)s)")
+    f.add_argument("--var_threshold", type=float, default=0.125,
+                   help="CEM threshold tau: cluster variances are pushed below tau*sigma^2 (default: %(default)s)")
+    f.add_argument("--log_entropy", type=int, default=1, choices=[0, 1],
+                   help="1: log-variance surrogate (paper); 0: plain variance (default: %(default)s)")
+    f.add_argument("--cem_lr_coupling", default="paper", choices=["paper", "none"],
+                   help="paper: lambda_eff = lambda*min(1, 0.001/lr) as the paper code's two-pass update; "
+                        "none: lambda as given (default: %(default)s)")
+    f.add_argument("--AT_regularization", default="None", help="adversarial training (not available yet): None")
+    f.add_argument("--AT_regularization_strength", type=float, default=0.0, help="adversarial training weight")
+    a = p.add_argument_group("attack")
+    a.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
+    a.add_argument("--gan_AE_type", default="res_normN8C64",
+                   help="attack decoder: res_normN{blocks}C{channels} or conv_normN{N}C{C} (default: %(default)s)")
+    a.add_argument("--attack_modes", default="train_time,infer_time",
+                   help="comma list: train_time (attacker has the training images), infer_time (attacker has "
+                        "90%% of the test set, scored on the rest) (default: %(default)s)")
+    a.add_argument("--no_attack", action="store_true", help="train only")
+    a.add_argument("--attack_only", action="store_true",
+                   help="re-attack a trained run from its checkpoint (no training)")
+    o = p.add_argument_group("output")
+    o.add_argument("--folder", default="runs", help="parent folder of run folders (default: %(default)s)")
+    o.add_argument("--filename", default=None, help="run folder name; default: built from the settings")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
+    o.add_argument("--force", action="store_true", help="redo a finished or partial run from scratch")
+    o.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    from experiment import main_guard, run_experiment
+
+    args = build_parser().parse_args(argv)
+    cfg = vars(args)
+    progress = not cfg.pop("no_progress")
+    return main_guard(lambda: run_experiment(cfg, progress=progress) and 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

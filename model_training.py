@@ -1,0 +1,227 @@
+"""The training engine (DESIGN.md §7): one trainer, one epoch loop, atomic checkpoints, exact resume."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from datasets import BatchLoader
+from utils import UserError, append_csv_row, torch_save_atomic, truncate_csv
+
+LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
+              "cem_logdet", "epoch_time_s"]
+PAPER_MILESTONES = (60, 120, 180, 210)  # of 240 epochs
+
+
+@dataclass
+class TrainSettings:
+    num_epochs: int = 240
+    learning_rate: float = 0.05
+    local_lr: Optional[float] = None  # encoder lr; None -> same as the server's
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: bool = True
+    seed: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+
+
+def milestones(num_epochs: int):
+    """The paper's MultiStepLR milestones scaled to the run's length."""
+    return sorted({max(1, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
+
+
+def scheduled_lr(base: float, epoch: int, num_epochs: int) -> float:
+    return base * 0.2 ** sum(epoch >= m for m in milestones(num_epochs))
+
+
+class Trainer:
+    """Trains a SplitModel under a DefenseStack; everything about one run's training lives here."""
+
+    def __init__(self, model, bundle, defenses, device, run_dir, settings: TrainSettings,
+                 progress: bool = True, log: Callable[[str], None] = print):
+        self.model, self.bundle, self.defenses = model.to(device), bundle, defenses.to(device)
+        self.device, self.run_dir, self.s = device, Path(run_dir), settings
+        self.progress, self.log = progress, log
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        if settings.channels_last and device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        enc_lr = settings.local_lr if settings.local_lr else settings.learning_rate
+        server_params = list(model.server.parameters()) + list(model.classifier.parameters())
+        # One SGD, two groups: same update as the paper's separate client/server optimisers.
+        self.opt = torch.optim.SGD(
+            [{"params": list(model.encoder.parameters()), "base_lr": enc_lr, "lr": enc_lr},
+             {"params": server_params, "base_lr": settings.learning_rate, "lr": settings.learning_rate}],
+            lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        stats = dict(mean=bundle.mean, std=bundle.std, device=device)
+        n_train = len(bundle.train)
+        self.train_loader = BatchLoader(bundle.train, settings.batch_size, shuffle=True, augment=True,
+                                        dataset=bundle.name, seed=settings.seed,
+                                        drop_last=n_train > settings.batch_size, **stats)
+        self.plain_train_loader = BatchLoader(bundle.train, 512, **stats)
+        select = bundle.val if bundle.val is not None else bundle.test
+        self.select_loader = BatchLoader(select, 512, **stats)
+        self.test_loader = BatchLoader(bundle.test, 512, **stats)
+        self.epoch = 0  # epochs completed
+        self.best = {"acc": -1.0, "epoch": 0}
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.s.bf16 and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _prep(self, x):
+        if self.s.channels_last and self.device.type == "cuda":
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def server_lr(self, epoch: int) -> float:
+        return scheduled_lr(self.s.learning_rate, epoch, self.s.num_epochs)
+
+    @torch.no_grad()
+    def evaluate(self, loader: BatchLoader) -> float:
+        """Accuracy in percent as deployed: the obfuscation (noise) stays on."""
+        self.model.eval()
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        n = 0
+        for x, y in loader:
+            with self._autocast():
+                z = self.model.encoder(self._prep(x))
+                out = self.model.server_forward(self.defenses.obfuscate(z, training=False))
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
+        return 100.0 * correct.item() / max(n, 1)
+
+    @torch.no_grad()
+    def train_features(self):
+        """Clean features of one pass over the training set (eval mode), for stateful defences."""
+        self.model.eval()
+        zs, ys = [], []
+        for x, y in self.plain_train_loader:
+            with self._autocast():
+                zs.append(self.model.encoder(self._prep(x)).float().flatten(1))
+            ys.append(y)
+        return torch.cat(zs), torch.cat(ys)
+
+    # ------------------------------------------------------------------ one epoch
+    def train_epoch(self, epoch: int) -> dict:
+        self.model.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch)
+        iters = len(loader)
+        base_server = self.server_lr(epoch)
+        scale = base_server / self.s.learning_rate
+        dev = self.device
+        loss_sum = torch.zeros((), device=dev)
+        cem_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.long)
+        seen = 0
+        bar = tqdm(loader, total=iters, desc=f"epoch {epoch + 1}/{self.s.num_epochs}", leave=False,
+                   disable=not self.progress, unit="batch")
+        for it, (x, y) in enumerate(bar):
+            warm = (it + 1) / iters if (self.s.warmup and epoch == 0) else 1.0
+            for g in self.opt.param_groups:
+                g["lr"] = g["base_lr"] * scale * warm
+            with self._autocast():
+                z = self.model.encoder(self._prep(x))
+                out = self.model.server_forward(self.defenses.obfuscate(z, training=True))
+                loss = F.cross_entropy(out.float(), y)
+            extra = self.defenses.encoder_loss(z.float(), x, y, lr=base_server)
+            total = loss if extra is None else loss + extra
+            self.opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.opt.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            if extra is not None:
+                cem_sum += extra.detach() * len(y)
+            seen += len(y)
+        bar.close()
+        return {"lr": base_server, "train_loss": loss_sum.item() / max(seen, 1),
+                "train_acc": 100.0 * correct.item() / max(seen, 1), "cem_term": cem_sum.item() / max(seen, 1)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_state(self):
+        st = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            st["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def save(self):
+        ck = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+              "defenses": self.defenses.state_dict(), "rng": self._rng_state(), "best": dict(self.best),
+              "elapsed": self.elapsed}
+        torch_save_atomic(ck, self.ckpt_dir / "last.pt")
+
+    def save_best(self):
+        torch_save_atomic({"epoch": self.epoch, "model": self.model.state_dict()}, self.ckpt_dir / "best.pt")
+
+    def resume(self) -> bool:
+        """Loads checkpoints/last.pt if present; returns whether it did."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=False)
+            self.model.load_state_dict(ck["model"])
+            self.opt.load_state_dict(ck["optimizer"])
+        except Exception as e:  # a checkpoint from another config or a damaged file
+            raise UserError(f"cannot resume from {path}: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}; "
+                            "use --force to start the run over") from None
+        self.defenses.load_state_dict(ck["defenses"])
+        self.defenses.to(self.device)
+        torch.set_rng_state(ck["rng"]["torch"].cpu())
+        if "cuda" in ck["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
+        self.epoch, self.best, self.elapsed = ck["epoch"], ck["best"], ck["elapsed"]
+        truncate_csv(self.run_dir / "train_log.csv", self.epoch)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, stop_after: Optional[int] = None) -> dict:
+        """Trains until num_epochs; `stop_after` ends early after that many epochs (tests of resume)."""
+        from defenses import CEM, lambda_eff  # local: keeps the engine importable without defences
+
+        cem = self.defenses.find("cem")
+        bar = tqdm(range(self.epoch, self.s.num_epochs), initial=self.epoch, total=self.s.num_epochs,
+                   desc="training", disable=not self.progress, unit="epoch")
+        for epoch in bar:
+            t0 = time.perf_counter()
+            cem_active = isinstance(cem, CEM) and cem.lambd > 0 and cem.state is not None
+            stats = self.train_epoch(epoch)
+            val_acc = self.evaluate(self.select_loader)
+            extra = self.defenses.on_epoch_end(self)
+            self.epoch = epoch + 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            lam = lambda_eff(cem.lambd, stats["lr"], cem.lr_coupling) if isinstance(cem, CEM) else 0.0
+            row = {"epoch": self.epoch, "lr": f"{stats['lr']:.6g}", "lambda_eff": f"{lam:.6g}",
+                   "train_loss": f"{stats['train_loss']:.5f}", "train_acc": f"{stats['train_acc']:.3f}",
+                   "cem_loss": f"{stats['cem_term'] / lam:.6g}" if cem_active else "",
+                   "val_acc": f"{val_acc:.3f}", "cem_mean_var": _fmt(extra.get("cem_mean_var")),
+                   "cem_logdet": _fmt(extra.get("cem_logdet")), "epoch_time_s": f"{dt:.2f}"}
+            append_csv_row(self.run_dir / "train_log.csv", {k: row[k] for k in LOG_FIELDS})
+            if val_acc > self.best["acc"]:
+                self.best = {"acc": val_acc, "epoch": self.epoch}
+                self.save_best()
+            self.save()
+            bar.set_postfix(loss=f"{stats['train_loss']:.3f}", acc=f"{stats['train_acc']:.1f}",
+                            val=f"{val_acc:.1f}")
+            if stop_after is not None and self.epoch >= stop_after:
+                break
+        bar.close()
+        return {"epochs_done": self.epoch, "best_val_acc": self.best["acc"], "best_epoch": self.best["epoch"],
+                "train_time_s": self.elapsed}
+
+
+def _fmt(v):
+    return "" if v is None else f"{v:.6g}"

@@ -1,0 +1,139 @@
+"""Trainer, run folders, resume and gradient routing (DESIGN.md §6.4, §7)."""
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model_training
+from architectures import build_split_model
+from defenses import build_defenses
+from experiment import run_experiment
+from main_MIA import build_parser
+
+
+def cfg_for(tmp_path, **over):
+    cfg = vars(build_parser().parse_args([]))
+    cfg.pop("no_progress")
+    cfg.update(dataset="digits", data_root=str(tmp_path / "data"), folder=str(tmp_path / "runs"),
+               num_epochs=3, batch_size=64, limit_train=192, limit_test=64, no_attack=True,
+               device="cpu", filename="r", lambd=16.0, regularization_strength=0.05, cem_lr_coupling="none")
+    cfg.update(over)
+    return cfg
+
+
+def test_cem_gradient_reaches_encoder_not_server():
+    torch.manual_seed(0)
+    model = build_split_model("vgg11_bn_sgm", 4, 3, 32, "noRELU_C8S1")
+    cfg = {"regularization": "Gaussian_kl", "regularization_strength": 0.05, "lambd": 16.0,
+           "var_threshold": 0.125, "arch": "vgg11_bn_sgm", "cem_lr_coupling": "none"}
+    defenses = build_defenses(cfg, num_classes=3, n_train=60)
+    x, y = torch.randn(60, 3, 32, 32), torch.arange(60) % 3
+    model.eval()
+    with torch.no_grad():
+        defenses.find("cem").refresh(model.encoder(x).flatten(1), y)
+    model.train()
+
+    def grads(with_cem):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # same noise draw in both passes
+        z = model.encoder(x[:32])
+        loss = F.cross_entropy(model.server_forward(defenses.obfuscate(z, True)), y[:32])
+        if with_cem:
+            extra = defenses.encoder_loss(z, x[:32], y[:32], lr=0.05)
+            assert extra is not None and float(extra.detach()) > 0
+            loss = loss + extra
+        loss.backward()
+        enc = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
+        srv = torch.cat([p.grad.flatten() for p in list(model.server.parameters()) + list(model.classifier.parameters())])
+        return enc, srv
+
+    enc0, srv0 = grads(False)
+    enc1, srv1 = grads(True)
+    assert torch.equal(srv0, srv1), "the server must see only the task loss"
+    assert (enc0 - enc1).abs().max() > 1e-6, "CEM must change the encoder's gradient"
+
+
+def test_milestones_scale_with_epochs():
+    assert model_training.milestones(240) == [60, 120, 180, 210]
+    assert model_training.milestones(10) == [2, 5, 8, 9]
+    assert model_training.scheduled_lr(0.05, 0, 240) == 0.05
+    assert model_training.scheduled_lr(0.05, 120, 240) == pytest.approx(0.05 * 0.04)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path, monkeypatch):
+    full = run_experiment(cfg_for(tmp_path, filename="full"), progress=False)
+    assert full["status"] == "finished" and full["train"]["epochs_done"] == 3
+
+    original = model_training.Trainer.train_epoch
+
+    def killed(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies inside epoch 3
+        return original(self, epoch)
+
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg_for(tmp_path, filename="killed"), progress=False)
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", original)
+    run_dir = tmp_path / "runs" / "killed"
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    with open(run_dir / "train_log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # finished epochs are kept
+
+    from utils import UserError
+    with pytest.raises(UserError, match="--resume"):
+        run_experiment(cfg_for(tmp_path, filename="killed"), progress=False)
+    done = run_experiment(cfg_for(tmp_path, filename="killed", resume=True), progress=False)
+    assert done["status"] == "finished"
+    a = _weights(tmp_path / "runs" / "full" / "checkpoints" / "last.pt")
+    b = _weights(run_dir / "checkpoints" / "last.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    with open(run_dir / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "runs" / "full" / "train_log.csv") as f:
+        ref = list(csv.DictReader(f))
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in ref]
+    assert rows[-1]["cem_loss"] != "" and rows[0]["cem_loss"] == ""  # CEM starts in epoch 2
+
+
+def test_run_folder_outputs_and_finished_run_not_redone(tmp_path, capsys):
+    cfg = cfg_for(tmp_path, num_epochs=1, lambd=0.0, filename=None)
+    m = run_experiment(cfg, progress=False)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and "digits" in runs[0].name and "lambd0" in runs[0].name
+    d = runs[0]
+    for name in ("config.json", "metrics.json", "train_log.csv", "log.txt", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (d / name).exists(), name
+    saved = json.loads((d / "metrics.json").read_text())
+    assert saved["status"] == "finished" and 0 <= saved["train"]["test_acc"] <= 100
+    assert saved["config"]["feature_shape"] == [8, 8, 8]
+    stamp = (d / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = run_experiment(cfg, progress=False)
+    assert "already finished" in capsys.readouterr().out
+    assert again == m and (d / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def test_resume_refuses_changed_settings(tmp_path, monkeypatch):
+    original = model_training.Trainer.train_epoch
+
+    def killed(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg_for(tmp_path, lambd=0.0), progress=False)
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", original)
+    from utils import UserError
+    with pytest.raises(UserError, match="learning_rate"):
+        run_experiment(cfg_for(tmp_path, lambd=0.0, resume=True, learning_rate=0.1), progress=False)

@@ -1,0 +1,152 @@
+"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, image scaling."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """A problem with the user's flags, paths or files.
+
+    Entry points print its message as one line and exit with status 2, never a traceback.
+    The message should name the problem and the fix.
+    """
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+    return torch.device(name)
+
+
+def _atomic_replace(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically so a killed process never leaves a half-written results file."""
+    data = json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode()
+    _atomic_replace(Path(path), lambda f: f.write(data + b"\n"))
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, torch.Tensor) and o.numel() == 1:
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+
+
+def append_csv_row(path: str | Path, row: dict) -> None:
+    """Append one row; writes the header when the file is new."""
+    path = Path(path)
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row.keys()))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def truncate_csv(path: str | Path, keep: int) -> None:
+    """Keep only the first `keep` data rows (used on resume to drop epochs after the checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) <= 1 + keep:
+        return
+    data = "".join(",".join(r) + "\n" for r in rows[: 1 + keep]).encode()
+    _atomic_replace(path, lambda fh: fh.write(data))
+
+
+def _stats(t: torch.Tensor, stat: Sequence[float]) -> torch.Tensor:
+    return torch.as_tensor(stat, dtype=t.dtype, device=t.device).view(1, -1, 1, 1)
+
+
+def normalize(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """[0,1] images -> the network's normalised input."""
+    return (x01 - _stats(x01, mean)) / _stats(x01, std)
+
+
+def to_unit(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised images -> [0,1] for metrics and pictures."""
+    return (x * _stats(x, std) + _stats(x, mean)).clamp(0.0, 1.0)
+
+
+def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def check_writable_dir(path: str | Path, flag: str = "--folder") -> Path:
+    """Create `path` if needed and prove we can write there, before any long work starts."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to output folder '{path}' ({e.strerror}); pass a writable {flag}") from None
+    return path
+
+
+def fmt_num(x: float) -> str:
+    """Compact, filename-safe number: 0.05 -> '0.05', 16.0 -> '16'."""
+    return f"{x:g}"
+
+
+def chunks(n: int, size: int) -> Iterable[slice]:
+    for s in range(0, n, size):
+        yield slice(s, min(s + size, n))
