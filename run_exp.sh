@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# The paper sweep: datasets × cut layers × σ × λ, one main_MIA.py run (training + decoder attack) per
+# configuration, then a results table (python -m tools.report). Run `bash run_exp.sh --help`.
+set -uo pipefail
+set -f  # sweep lists and --extra are split into words; never glob-expand them
+
+# --quick: a small CEM-vs-no-CEM comparison meant to finish in about 10 minutes on a 2-core CPU.
+QUICK_SIGMAS="0.025 0.1"
+QUICK_LAMBDAS="0 16"
+QUICK_EPOCHS=5
+QUICK_ATTACK_EPOCHS=5
+QUICK_LIMIT_TRAIN=2000
+QUICK_LIMIT_TEST=500
+QUICK_FOLDER=./runs/quick
+
+usage() {
+  cat <<'EOF'
+Usage: bash run_exp.sh [options]
+
+Trains and attacks every configuration of datasets × cut layers × σ × λ with main_MIA.py, skipping
+configurations already finished (<folder>/<filename>/metrics.json with status "finished"; a killed run
+with a checkpoint is resumed), then writes results.csv / results.md / tradeoff.png with tools.report.
+Relative paths are relative to the repository root (the script runs from there).
+
+Options (each also settable by the environment variable in brackets; flags beat the environment,
+which beats the dataset preset, which beats the built-in default):
+  --dataset, --datasets "A B"  datasets to sweep [DATASET or DATASETS]          (cifar10)
+  --cutlayers "4 5"            cut layers [CUTLAYERS]                            (4)
+  --sigmas "0.01 0.05"         Gaussian noise std values σ [SIGMAS]    (0.01 0.025 0.05 0.1 0.15)
+  --lambdas "0 16"             CEM weights λ [LAMBDAS]                           (0 8 16)
+  --arch NAME                  [ARCH]                                            (vgg11_bn_sgm)
+  --bottleneck NAME            bottleneck option [BOTTLENECK]                    (noRELU_C8S1)
+  --var_threshold T            CEM threshold τ [VAR_THRESHOLD]                   (0.125)
+  --log_entropy 0|1            [LOG_ENTROPY]                                     (1)
+  --regularization NAME        [REGULARIZATION]                                  (Gaussian_kl)
+  --lr LR                      learning rate [LR]                                (0.05)
+  --epochs N                   training epochs [EPOCHS]                          (240)
+  --batch_size N               [BATCH]                                           (128)
+  --attack_epochs N            decoder attack epochs [ATTACK_EPOCHS]             (50)
+  --gan_AE_type NAME           attack decoder [GAN_AE_TYPE]                      (res_normN8C64)
+  --seed N                     [SEED]                                            (125)
+  --data_root DIR              [DATA_ROOT]                                       (./data)
+  --folder DIR                 results folder [FOLDER]                           (./runs/<dataset>)
+  --device NAME                auto, cpu, cuda, cuda:N, mps [DEVICE]             (auto)
+  --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]
+  --tag TEXT                   suffix for run names, e.g. to keep runs with other --extra apart [TAG]
+  --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
+  --quick                      small CEM-vs-no-CEM demo: σ "0.025 0.1", λ "0 16", few epochs, data
+                               limited with --limit_train/--limit_test, folder ./runs/quick; uses
+                               CIFAR-10 if available (or downloadable), else scikit-learn digits
+  --dry-run                    print the commands (finished ones prefixed "[skip]"), run nothing and
+                               write nothing; with --quick, CIFAR-10 counts as present when DATA_ROOT
+                               holds cifar-10-batches-py/ or cifar10_subset/ (no download check)
+  -h, --help                   this text
+
+Presets: cifar10, cifar100, facescrub, digits: vgg11_bn_sgm, cut 4, noRELU_C8S1, τ 0.125;
+tinyimagenet: resnet20, cut 3, no bottleneck, τ 0.0625.
+Each run's output is tee'd to <folder>/<filename>.log. Exit status: 0 when every run succeeded,
+1 when some failed, 2 on bad options.
+EOF
+}
+
+die() { echo "run_exp.sh: $*" >&2; exit 2; }
+note() { echo "$*" >&2; }
+
+# Settings that follow the precedence flag > environment > preset > default.
+VARS="DATASETS ARCH CUTLAYERS BOTTLENECK SIGMAS LAMBDAS VAR_THRESHOLD LOG_ENTROPY LR EPOCHS BATCH
+ATTACK_EPOCHS GAN_AE_TYPE REGULARIZATION SEED DATA_ROOT FOLDER DEVICE EXTRA TAG PYTHON"
+is_set() { eval "[[ -n \${$1+x} ]]"; }
+
+# Remember what the environment says before defaults overwrite the same names.
+[[ -n ${DATASET+x} && -z ${DATASETS+x} ]] && DATASETS=$DATASET
+for v in $VARS; do
+  if is_set "$v"; then printf -v "ENV_$v" '%s' "${!v}"; fi
+done
+
+QUICK=0
+DRY_RUN=0
+set_flag() { printf -v "FLAG_$1" '%s' "$2"; }
+while [[ $# -gt 0 ]]; do
+  arg=$1
+  if [[ $arg == --*=* ]]; then set -- "${arg%%=*}" "${arg#*=}" "${@:2}"; arg=$1; fi
+  case $arg in
+    -h|--help) usage; exit 0 ;;
+    --quick) QUICK=1; shift; continue ;;
+    --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
+  esac
+  case $arg in
+    --dataset|--datasets|--cutlayer|--cutlayers|--sigma|--sigmas|--lambd|--lambda|--lambdas|--arch|\
+    --bottleneck|--bottleneck_option|--var_threshold|--log_entropy|--regularization|--lr|--learning_rate|\
+    --epochs|--num_epochs|--batch_size|--batch|--attack_epochs|--gan_AE_type|--seed|--random_seed|\
+    --data_root|--folder|--device|--extra|--tag|--python)
+      [[ $# -ge 2 ]] || die "option $arg needs a value (see --help)" ;;
+    *) die "unknown option '$arg' (see --help)" ;;
+  esac
+  case $arg in
+    --dataset|--datasets) set_flag DATASETS "$2" ;;
+    --cutlayer|--cutlayers) set_flag CUTLAYERS "$2" ;;
+    --sigma|--sigmas) set_flag SIGMAS "$2" ;;
+    --lambd|--lambda|--lambdas) set_flag LAMBDAS "$2" ;;
+    --arch) set_flag ARCH "$2" ;;
+    --bottleneck|--bottleneck_option) set_flag BOTTLENECK "$2" ;;
+    --var_threshold) set_flag VAR_THRESHOLD "$2" ;;
+    --log_entropy) set_flag LOG_ENTROPY "$2" ;;
+    --regularization) set_flag REGULARIZATION "$2" ;;
+    --lr|--learning_rate) set_flag LR "$2" ;;
+    --epochs|--num_epochs) set_flag EPOCHS "$2" ;;
+    --batch_size|--batch) set_flag BATCH "$2" ;;
+    --attack_epochs) set_flag ATTACK_EPOCHS "$2" ;;
+    --gan_AE_type) set_flag GAN_AE_TYPE "$2" ;;
+    --seed|--random_seed) set_flag SEED "$2" ;;
+    --data_root) set_flag DATA_ROOT "$2" ;;
+    --folder) set_flag FOLDER "$2" ;;
+    --device) set_flag DEVICE "$2" ;;
+    --extra) set_flag EXTRA "$2" ;;
+    --tag) set_flag TAG "$2" ;;
+    --python) set_flag PYTHON "$2" ;;
+  esac
+  shift 2
+done
+
+# Fill every setting for dataset $1: default, then preset, then environment, then flag.
+configure() {
+  local ds=$1 v
+  ARCH=vgg11_bn_sgm CUTLAYERS=4 BOTTLENECK=noRELU_C8S1 VAR_THRESHOLD=0.125
+  SIGMAS="0.01 0.025 0.05 0.1 0.15" LAMBDAS="0 8 16" LOG_ENTROPY=1 LR=0.05 EPOCHS=240 BATCH=128
+  ATTACK_EPOCHS=50 GAN_AE_TYPE=res_normN8C64 REGULARIZATION=Gaussian_kl SEED=125 DATA_ROOT=./data
+  FOLDER=./runs/$(safe_name "$ds") DEVICE=auto EXTRA="" TAG="" PYTHON=python
+  QUICK_EXTRA=""
+  if [[ $QUICK == 1 ]]; then
+    SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
+    FOLDER=$QUICK_FOLDER
+    QUICK_EXTRA="--limit_train $QUICK_LIMIT_TRAIN --limit_test $QUICK_LIMIT_TEST"
+  fi
+  case $ds in
+    tinyimagenet) ARCH=resnet20 CUTLAYERS=3 BOTTLENECK=None VAR_THRESHOLD=0.0625 ;;
+  esac
+  for v in $VARS; do
+    [[ $v == DATASETS ]] && continue
+    if is_set "ENV_$v"; then eval "$v=\$ENV_$v"; fi
+    if is_set "FLAG_$v"; then eval "$v=\$FLAG_$v"; fi
+  done
+  # A plain `python` is missing on some systems where python3 exists.
+  if ! is_set ENV_PYTHON && ! is_set FLAG_PYTHON && ! command -v python >/dev/null 2>&1; then
+    PYTHON=python3
+  fi
+}
+
+# Dataset names like npz:/some/dir/train.npz become filename-safe (npz-train.npz).
+safe_name() {
+  local d=$1
+  if [[ $d == *:* ]]; then local rest=${d#*:}; rest=${rest%/}; d="${d%%:*}-${rest##*/}"; fi
+  printf '%s' "$d" | tr -c 'A-Za-z0-9._-' '_'
+}
+
+NUM_RE='^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$'
+INT_RE='^[0-9]+$'
+validate() {
+  local x
+  for x in $SIGMAS $LAMBDAS $VAR_THRESHOLD $LR; do
+    [[ $x =~ $NUM_RE ]] || die "'$x' is not a non-negative number (check --sigmas/--lambdas/--var_threshold/--lr)"
+  done
+  for x in $CUTLAYERS $EPOCHS $BATCH $ATTACK_EPOCHS $SEED $LOG_ENTROPY; do
+    [[ $x =~ $INT_RE ]] || die "'$x' is not a whole number (check --cutlayers/--epochs/--batch_size/--attack_epochs/--seed/--log_entropy)"
+  done
+  [[ -n $SIGMAS && -n $LAMBDAS && -n $CUTLAYERS ]] || die "empty --sigmas, --lambdas or --cutlayers"
+  command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
+}
+
+cd "$(dirname "${BASH_SOURCE[0]}")" || die "cannot enter the repository folder"
+
+# Datasets: an explicit choice wins; --quick otherwise prefers CIFAR-10 and falls back to digits.
+if is_set FLAG_DATASETS; then DATASETS=$FLAG_DATASETS
+elif is_set ENV_DATASETS; then DATASETS=$ENV_DATASETS
+elif [[ $QUICK == 1 ]]; then
+  configure cifar10
+  validate
+  if [[ $DRY_RUN == 1 ]]; then
+    # A dry run runs nothing (a Python check costs seconds of imports), so look for the two layouts the
+    # CIFAR loader reads: torchvision's extracted folder and the shared data's small subset.
+    if [[ -d $DATA_ROOT/cifar-10-batches-py || -d $DATA_ROOT/cifar10_subset ]]; then
+      DATASETS=cifar10
+    else
+      note "dry run: CIFAR-10 is not under $DATA_ROOT, so these commands use the fallback, scikit-learn's handwritten digits (a real run first tries to download CIFAR-10)"
+      DATASETS=digits
+    fi
+  else
+    note "checking for CIFAR-10 under $DATA_ROOT (downloads it, about 170 MB, when missing and online) ..."
+    check_out=$("$PYTHON" -m datasets check cifar10 --data_root "$DATA_ROOT" 2>&1); cifar_ok=$?
+    [[ -z $check_out ]] || note "  ${check_out##*$'\n'}"
+  fi
+  if [[ $DRY_RUN == 1 ]]; then :
+  elif [[ $cifar_ok == 0 ]]; then DATASETS=cifar10
+  else
+    note "CIFAR-10 is not under $DATA_ROOT and could not be downloaded: falling back to scikit-learn's handwritten digits (real images, 8x8 upscaled to 32x32); pass --data_root <folder with cifar-10-batches-py> to use CIFAR-10"
+    DATASETS=digits
+  fi
+else DATASETS=cifar10
+fi
+[[ -n ${DATASETS// /} ]] || die "empty --datasets"
+
+finished() { [[ -f $1 ]] && grep -Eq '"status"[[:space:]]*:[[:space:]]*"finished"' "$1"; }
+# Print a command so that it can be pasted back into a shell.
+quote() { local a q out=""; for a in "$@"; do printf -v q '%q' "$a"; out+="$q "; done; printf '%s' "${out% }"; }
+
+n_done=0 n_skip=0 n_fail=0 n_todo=0
+failed=()
+folders=()
+trap 'echo; echo "run_exp.sh: interrupted" >&2; exit 130' INT TERM
+
+for ds in $DATASETS; do
+  configure "$ds"
+  validate
+  [[ " ${folders[*]-} " == *" $FOLDER "* ]] || folders+=("$FOLDER")
+  for cut in $CUTLAYERS; do
+    for s in $SIGMAS; do
+      for l in $LAMBDAS; do
+        fn="$(safe_name "$ds")_${ARCH}_cut${cut}_${BOTTLENECK}_sigma${s}_lambd${l}_tau${VAR_THRESHOLD}_ep${EPOCHS}_seed${SEED}"
+        [[ $REGULARIZATION == Gaussian_kl ]] || fn+="_$REGULARIZATION"
+        [[ -z $TAG ]] || fn+="_$TAG"
+        fn=$(safe_name "$fn")
+        run_dir=$FOLDER/$fn
+        # shellcheck disable=SC2206  # EXTRA is a flag string meant to be split into words
+        cmd=("$PYTHON" main_MIA.py --arch "$ARCH" --cutlayer "$cut" --bottleneck_option "$BOTTLENECK"
+             --regularization "$REGULARIZATION" --regularization_strength "$s" --lambd "$l"
+             --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
+             --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
+             --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
+             --filename "$fn" --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
+        if finished "$run_dir/metrics.json"; then
+          n_skip=$((n_skip + 1))
+          [[ $DRY_RUN == 1 ]] && echo "[skip] $(quote "${cmd[@]}")"
+          continue
+        fi
+        # A killed run left a checkpoint: continue it instead of starting over.
+        [[ -f $run_dir/checkpoints/last.pt ]] && cmd+=(--resume)
+        if [[ $DRY_RUN == 1 ]]; then
+          n_todo=$((n_todo + 1)); echo "$(quote "${cmd[@]}")"; continue
+        fi
+        [[ -f main_MIA.py ]] || die "main_MIA.py not found in $(pwd)"
+        mkdir -p "$FOLDER" || die "cannot create results folder '$FOLDER'; pass a writable --folder"
+        log=$FOLDER/$fn.log
+        echo "=== $(date '+%F %T') $fn" | tee -a "$log"
+        echo "$(quote "${cmd[@]}")" | tee -a "$log"
+        "${cmd[@]}" 2>&1 | tee -a "$log"
+        rc=${PIPESTATUS[0]}
+        if [[ $rc == 0 ]]; then n_done=$((n_done + 1))
+        else
+          n_fail=$((n_fail + 1)); failed+=("$fn (exit $rc, log $log)")
+          echo "run_exp.sh: $fn failed with exit status $rc; continuing (log: $log)" >&2
+        fi
+      done
+    done
+  done
+done
+
+if [[ $DRY_RUN == 1 ]]; then
+  note "dry run: $n_todo to run, $n_skip already finished; nothing was run"
+  exit 0
+fi
+
+echo
+echo "Summary: $n_done done, $n_skip skipped (already finished), $n_fail failed"
+for f in "${failed[@]+"${failed[@]}"}"; do echo "  failed: $f"; done
+
+report_rc=0
+for folder in "${folders[@]}"; do
+  echo
+  "$PYTHON" -m tools.report "$folder" || report_rc=$?
+  if [[ $QUICK == 1 ]]; then
+    [[ -f $folder/tradeoff.png ]] && echo "trade-off plot: $folder/tradeoff.png"
+    for l in $LAMBDAS; do
+      # The train_time grid matches the table's default mode; any grid will do otherwise.
+      grid=$(find "$folder" -path "*_lambd${l}_*/images/*.png" 2>/dev/null |
+             awk '/decoder_train_time\.png$/ {print "0 " $0; next} {print "1 " $0}' | sort | head -n 1 | cut -c3-)
+      [[ -n $grid ]] && echo "reconstructions (λ=$l): $grid"
+    done
+  fi
+done
+
+[[ $n_fail -gt 0 ]] && exit 1
+exit "$report_rc"

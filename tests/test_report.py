@@ -1,0 +1,134 @@
+"""tools.report: finished metrics.json files -> results.csv, results.md, tradeoff.png."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tools import report
+
+REPO = Path(__file__).resolve().parents[1]
+SIGMAS = [0.1, 0.01, 0.05]     # written out of order on purpose: the table must sort them
+LAMBDAS = [16.0, 0.0, 8.0]
+
+
+def acc_of(s, l):
+    return round(90 - 100 * s - l / 10, 2)
+
+
+def mse_of(s, l):
+    return round(0.01 + s / 10 + l / 1000, 6)
+
+
+def metrics(s, l, status="finished", dataset="cifar10"):
+    scores = lambda base: {"mse_mean": base, "mse_std": 0.001, "ssim_mean": round(0.8 - s, 4), "ssim_std": 0.01,
+                           "ssim_lib_mean": round(0.79 - s, 4), "ssim_lib_std": 0.01,
+                           "psnr_mean": 20 - l / 4, "psnr_std": 1.0, "n": 100}
+    fn = f"{dataset}_sigma{s:g}_lambd{l:g}"
+    return {"status": status,
+            "config": {"arch": "vgg11_bn_sgm", "cutlayer": 4, "dataset": dataset, "bottleneck_option": "noRELU_C8S1",
+                       "regularization": "Gaussian_kl", "regularization_strength": s, "lambd": l,
+                       "var_threshold": 0.125, "log_entropy": 1, "num_epochs": 240, "learning_rate": 0.05,
+                       "batch_size": 128, "random_seed": 125, "filename": fn},
+            "train": {"test_acc": acc_of(s, l), "best_val_acc": 85.0, "best_epoch": 230, "epochs_done": 240},
+            "attack": {"decoder": {
+                "train_time": {"final": scores(mse_of(s, l)), "best_heldout": scores(0.5), "best_epoch": 3,
+                               "decoder": "res_normN8C64", "epochs": 50, "grid": "images/decoder_train_time.png"},
+                "infer_time": {"final": scores(0.9), "best_heldout": scores(0.8), "decoder": "res_normN8C64",
+                               "epochs": 50}}}}
+
+
+def write(folder: Path, name: str, obj) -> Path:
+    d = folder / name
+    d.mkdir(parents=True)
+    p = d / "metrics.json"
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return p
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for s in SIGMAS:
+        for l in LAMBDAS:
+            write(root / "nested", f"s{s}_l{l}", metrics(s, l))
+    write(root, "unfinished", metrics(0.2, 0.0, status="training"))
+    write(root, "corrupt", '{"status": "finished", "config": ')
+    return root
+
+
+def md_rows(md: str):
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| σ=")]
+
+
+def test_report_writes_csv_md_png(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "unfinished" in captured.err and "corrupt" in captured.err
+    assert str(out / "results.md") in captured.out and "| σ=0.01 |" in captured.out
+
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9                       # unfinished and corrupt skipped
+    assert {r["filename"] for r in rows} == {f"cifar10_sigma{s:g}_lambd{l:g}" for s in SIGMAS for l in LAMBDAS}
+    row = next(r for r in rows if r["filename"] == "cifar10_sigma0.05_lambd16")
+    assert float(row["sigma"]) == 0.05 and float(row["lambd"]) == 16 and float(row["var_threshold"]) == 0.125
+    assert float(row["test_acc"]) == acc_of(0.05, 16)
+    assert float(row["decoder_train_time_mse_mean"]) == pytest.approx(mse_of(0.05, 16))
+    assert float(row["decoder_infer_time_mse_mean"]) == pytest.approx(0.9)
+    for col in ("ssim_mean", "ssim_std", "psnr_mean", "psnr_std", "mse_std"):
+        assert f"decoder_train_time_{col}" in row
+    assert [float(r["sigma"]) for r in rows] == sorted(float(r["sigma"]) for r in rows)
+
+    md = (out / "results.md").read_text()
+    assert "| σ \\ λ | λ=0 | λ=8 | λ=16 |" in md
+    table = md_rows(md)
+    assert [r[0] for r in table] == ["σ=0.01", "σ=0.05", "σ=0.1"]
+    for r, s in zip(table, sorted(SIGMAS)):
+        for cell, l in zip(r[1:], sorted(LAMBDAS)):
+            assert cell == f"{acc_of(s, l):.2f} / {mse_of(s, l):.4f} / {0.8 - s:.3f} / {20 - l / 4:.1f}"
+    assert "decoder attack (res_normN8C64, 50 epochs), train_time mode, final decoder" in md
+
+    with Image.open(out / "tradeoff.png") as im:
+        assert im.size[0] > 100 and im.size[1] > 100
+    assert not (runs / "results.csv").exists()  # --out respected
+
+
+def test_report_options_groups_and_missing_cells(runs, capsys):
+    # A second dataset gets its own table; a missing (σ, λ) cell shows a dash.
+    write(runs, "faces", metrics(0.05, 0.0, dataset="facescrub"))
+    assert report.main([str(runs), "--mode", "infer_time", "--which", "best_heldout"]) == 0
+    md = (runs / "results.md").read_text()
+    assert md.count("### ") == 2 and "### facescrub, vgg11_bn_sgm, cut 4" in md
+    assert "infer_time mode, decoder with the best held-out loss" in md
+    faces = md.split("### facescrub")[1]
+    assert md_rows(faces) == [["σ=0.05", f"{acc_of(0.05, 0):.2f} / 0.8000 / 0.750 / 20.0"]]
+    cifar_row = md_rows(md.split("### facescrub")[0])[0]
+    assert cifar_row[1] == f"{acc_of(0.01, 0):.2f} / 0.8000 / 0.790 / 20.0"
+    (runs / "nested" / "s0.01_l8.0" / "metrics.json").unlink()
+    assert report.main([str(runs)]) == 0
+    assert md_rows((runs / "results.md").read_text())[0][2] == "–"
+    assert (runs / "tradeoff.png").exists()
+
+
+def test_report_empty_or_missing_folder_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    write(tmp_path / "empty", "unfinished", metrics(0.1, 0.0, status="training"))
+    assert report.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no finished metrics.json") and "Traceback" not in "\n".join(err)
+    assert report.main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: results folder")
+
+
+def test_report_cli_subprocess(runs, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tools.report", str(runs)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| σ=0.05 |" in r.stdout and (runs / "tradeoff.png").exists()
+    r = subprocess.run([sys.executable, "-m", "tools.report", str(tmp_path / "nope")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

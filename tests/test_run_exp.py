@@ -1,0 +1,180 @@
+"""run_exp.sh: the sweep's commands (dry runs) and its run/skip/fail bookkeeping (with a stand-in main_MIA.py)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "run_exp.sh"
+SWEEP_VARS = ("DATASET", "DATASETS", "ARCH", "CUTLAYERS", "BOTTLENECK", "SIGMAS", "LAMBDAS", "VAR_THRESHOLD",
+              "LOG_ENTROPY", "LR", "EPOCHS", "BATCH", "ATTACK_EPOCHS", "GAN_AE_TYPE", "REGULARIZATION", "SEED",
+              "DATA_ROOT", "FOLDER", "DEVICE", "EXTRA", "TAG")
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+
+
+def sh(*args, env=None, script=SCRIPT, tmp=None):
+    e = {k: v for k, v in os.environ.items() if k not in SWEEP_VARS}
+    e["PYTHON"] = sys.executable
+    if tmp is not None:  # never let a stray ./data or ./runs decide what a test sees
+        e.setdefault("DATA_ROOT", str(tmp / "no_data"))
+        e.setdefault("FOLDER", str(tmp / "runs"))
+    e.update(env or {})
+    return subprocess.run(["bash", str(script), *args], env=e, capture_output=True, text=True, timeout=60)
+
+
+def commands(r):
+    assert r.returncode == 0, r.stderr
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
+def flag(cmd, name):
+    words = cmd.split()
+    return words[words.index(name) + 1]
+
+
+def test_dry_run_paper_defaults(tmp_path):
+    r = sh("--dry-run", env={"DATA_ROOT": str(tmp_path / "d")})  # default FOLDER: ./runs/cifar10
+    cmds = [c.removeprefix("[skip] ") for c in commands(r)]  # the real ./runs may hold finished runs
+    assert len(cmds) == 15
+    pairs = {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds}
+    assert pairs == {(s, l) for s in ("0.01", "0.025", "0.05", "0.1", "0.15") for l in ("0", "8", "16")}
+    c = next(c for c in cmds if "--lambd 16" in c and "--regularization_strength 0.05" in c)
+    for expected in ("--var_threshold 0.125", "--num_epochs 240", "--attack_epochs 50", "--arch vgg11_bn_sgm",
+                     "--cutlayer 4", "--bottleneck_option noRELU_C8S1", "--regularization Gaussian_kl",
+                     "--log_entropy 1", "--learning_rate 0.05", "--batch_size 128", "--gan_AE_type res_normN8C64",
+                     "--dataset cifar10", "--folder ./runs/cifar10", "--random_seed 125", "--device auto"):
+        assert expected in c, expected
+    assert c.startswith(sys.executable + " main_MIA.py ")
+    assert len({flag(c, "--filename") for c in cmds}) == 15
+    assert not (tmp_path / "d").exists()
+
+
+def test_overrides_env_and_flags(tmp_path):
+    env = {"SIGMAS": "0.2 0.3", "LAMBDAS": "4", "EPOCHS": "7", "CUTLAYERS": "3 5"}
+    cmds = commands(sh("--dry-run", env=env, tmp=tmp_path))
+    assert len(cmds) == 4 and all("--num_epochs 7" in c and "--lambd 4" in c for c in cmds)
+    assert {flag(c, "--cutlayer") for c in cmds} == {"3", "5"}
+    # Flags beat the environment.
+    cmds = commands(sh("--dry-run", "--sigmas", "0.01", "--lambdas=0 16", "--epochs", "3", "--attack_epochs", "2",
+                       "--folder", str(tmp_path / "f"), "--device", "cpu", "--arch", "vgg11_bn", "--lr", "0.01",
+                       "--extra", "--limit_train 64 --no_attack", env=env, tmp=tmp_path))
+    assert len(cmds) == 4
+    for c in cmds:
+        for expected in ("--regularization_strength 0.01", "--num_epochs 3", "--attack_epochs 2", "--device cpu",
+                         f"--folder {tmp_path / 'f'}", "--arch vgg11_bn", "--learning_rate 0.01"):
+            assert expected in c, expected
+        assert c.endswith("--limit_train 64 --no_attack")
+
+
+def test_finished_config_is_skipped(tmp_path):
+    args = ("--dry-run", "--sigmas", "0.05", "--lambdas", "0 16")
+    first = commands(sh(*args, tmp=tmp_path))
+    done_name = flag(first[1], "--filename")
+    run_dir = tmp_path / "runs" / done_name
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "config": {}}))
+    half = tmp_path / "runs" / flag(first[0], "--filename")   # a killed run: resumed, not restarted
+    (half / "checkpoints").mkdir(parents=True)
+    (half / "checkpoints" / "last.pt").write_bytes(b"")
+    (half / "metrics.json").write_text(json.dumps({"status": "training"}))
+    cmds = commands(sh(*args, tmp=tmp_path))
+    assert cmds[1].startswith("[skip] ") and done_name in cmds[1]
+    assert not cmds[0].startswith("[skip]") and cmds[0].endswith("--resume")
+
+
+def test_tinyimagenet_preset_and_precedence(tmp_path):
+    cmds = commands(sh("--dry-run", "--dataset", "tinyimagenet", tmp=tmp_path))
+    assert len(cmds) == 15
+    assert all("--arch resnet20" in c and "--var_threshold 0.0625" in c and "--cutlayer 3" in c
+               and "--bottleneck_option None" in c and "--dataset tinyimagenet" in c for c in cmds)
+    cmds = commands(sh("--dry-run", "--datasets", "tinyimagenet facescrub", "--var_threshold", "0.5",
+                       env={"ARCH": "resnet20_std"}, tmp=tmp_path))
+    assert len(cmds) == 30 and all("--var_threshold 0.5" in c and "--arch resnet20_std" in c for c in cmds)
+    assert {flag(c, "--dataset") for c in cmds} == {"tinyimagenet", "facescrub"}
+
+
+def test_quick_dry_run_falls_back_to_digits(tmp_path):
+    r = sh("--quick", "--dry-run", env={"DATA_ROOT": str(tmp_path / "empty")})
+    cmds = commands(r)
+    assert len(cmds) == 4
+    assert all("--dataset digits" in c and "--limit_train" in c and "--limit_test" in c
+               and "--folder ./runs/quick" in c for c in cmds)
+    assert {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds} == \
+        {(s, l) for s in ("0.025", "0.1") for l in ("0", "16")}
+    assert "handwritten digits" in r.stderr
+    assert not (tmp_path / "empty").exists()   # the dry run's check never downloads
+
+
+def test_quick_dry_run_uses_cifar10_when_present(tmp_path):
+    # The loader's small-subset layout: <root>/cifar10_subset/{train_*,test_*}.npz
+    sub = tmp_path / "cifar" / "cifar10_subset"
+    sub.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train_100.npz", 100), ("test_20.npz", 20)):
+        np.savez(sub / name, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y=np.arange(n) % 10)
+    r = sh("--quick", "--dry-run", "--epochs", "2", env={"DATA_ROOT": str(tmp_path / "cifar")})
+    cmds = commands(r)
+    assert len(cmds) == 4 and all("--dataset cifar10" in c and "--num_epochs 2" in c for c in cmds), r.stderr
+
+
+def test_bad_options_exit_2(tmp_path):
+    for args in (("--bogus",), ("--sigmas",), ("--dry-run", "--sigmas", "abc"), ("--dry-run", "--epochs", "1.5")):
+        r = sh(*args, tmp=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    r = sh("--help")
+    assert r.returncode == 0 and "--sigmas" in r.stdout and "--quick" in r.stdout
+
+
+FAKE_MAIN = r'''
+import argparse, json, os, sys
+p = argparse.ArgumentParser()
+for f in ("arch cutlayer bottleneck_option regularization regularization_strength lambd var_threshold log_entropy "
+          "learning_rate num_epochs batch_size attack_epochs gan_AE_type dataset data_root folder filename "
+          "random_seed device limit_train limit_test").split():
+    p.add_argument("--" + f)
+a = p.parse_args()
+if float(a.lambd) == 8:
+    sys.exit("simulated crash")
+d = os.path.join(a.folder, a.filename)
+os.makedirs(os.path.join(d, "images"), exist_ok=True)
+open(os.path.join(d, "images", "decoder_train_time.png"), "wb").close()
+s, l = float(a.regularization_strength), float(a.lambd)
+res = {"final": {"mse_mean": 0.01 + s + l / 100, "mse_std": 0.0, "ssim_mean": 0.5, "ssim_std": 0.0,
+                 "psnr_mean": 15.0, "psnr_std": 0.0}}
+json.dump({"status": "finished", "config": {**vars(a), "regularization_strength": s, "lambd": l,
+           "cutlayer": int(a.cutlayer), "var_threshold": float(a.var_threshold), "num_epochs": int(a.num_epochs)},
+           "train": {"test_acc": 80 - 10 * s}, "attack": {"decoder": {"train_time": res}}},
+          open(os.path.join(d, "metrics.json"), "w"))
+print("trained", a.filename)
+'''
+
+
+def test_real_run_with_stand_in_main(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(SCRIPT, repo / "run_exp.sh")
+    (repo / "main_MIA.py").write_text(FAKE_MAIN)
+    folder = tmp_path / "out"
+    args = ("--sigmas", "0.01 0.1", "--lambdas", "0 8 16", "--epochs", "1", "--folder", str(folder))
+    r = sh(*args, script=repo / "run_exp.sh", tmp=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Summary: 4 done, 0 skipped (already finished), 2 failed" in r.stdout
+    assert r.stdout.count("failed: ") == 2 and "lambd8" in r.stdout
+    assert (folder / "results.md").exists() and (folder / "tradeoff.png").exists()
+    assert "| σ=0.01 |" in r.stdout
+    logs = sorted(p.name for p in folder.glob("*.log"))
+    assert len(logs) == 6 and "simulated crash" in (folder / [n for n in logs if "lambd8" in n][0]).read_text()
+    r = sh(*args, "--lambdas", "0 16", script=repo / "run_exp.sh", tmp=tmp_path)
+    assert r.returncode == 0 and "Summary: 0 done, 4 skipped" in r.stdout
+
+    r = sh("--quick", "--epochs", "1", "--folder", str(tmp_path / "q"), script=repo / "run_exp.sh", tmp=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "handwritten digits" in r.stderr   # no datasets package in the copy: falls back
+    assert f"trade-off plot: {tmp_path / 'q' / 'tradeoff.png'}" in r.stdout
+    assert "reconstructions (λ=0): " in r.stdout and "reconstructions (λ=16): " in r.stdout

@@ -1,0 +1,1 @@
+"""Reporting: finished runs -> paper-style CSV/Markdown tables and trade-off plots."""

@@ -1,0 +1,141 @@
+"""Gather finished runs (metrics.json files) into flat records for tables and plots.
+
+Only the standard library is used so the report works without torch installed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS = ("mse", "ssim", "ssim_lib", "psnr")
+# Besides dataset/arch/cutlayer, these settings change what a cell means, so runs that differ in
+# them must not share a table even though the paper's tables group only by dataset, arch and cut.
+GROUP_KEYS = ("dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "var_threshold",
+              "num_epochs")
+
+
+def _num(x):
+    """Numbers stay numbers; anything else (missing, strings, NaN) becomes None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return None if math.isnan(x) else x
+
+
+def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
+    """Return (records of finished runs, one-line warnings about the files that were skipped)."""
+    runs, warnings = [], []
+    for path in sorted(Path(folder).rglob("metrics.json")):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            warnings.append(f"skipping {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+            warnings.append(f"skipping {path}: not a metrics.json object with a 'config' section")
+            continue
+        status = data.get("status")
+        if status != "finished":
+            warnings.append(f"skipping {path}: status is {status!r}, not 'finished'")
+            continue
+        runs.append(_record(path, data))
+    return runs, warnings
+
+
+def _record(path: Path, data: dict) -> dict:
+    cfg = data["config"]
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    rec = {
+        "path": str(path),
+        "filename": cfg.get("filename") or path.parent.name,
+        "dataset": cfg.get("dataset"),
+        "arch": cfg.get("arch"),
+        "cutlayer": cfg.get("cutlayer"),
+        "bottleneck_option": cfg.get("bottleneck_option"),
+        "regularization": cfg.get("regularization"),
+        "sigma": _num(cfg.get("regularization_strength")),
+        "lambd": _num(cfg.get("lambd")),
+        "var_threshold": _num(cfg.get("var_threshold")),
+        "num_epochs": _num(cfg.get("num_epochs")),
+        "test_acc": _num(train.get("test_acc")),
+        "attacks": {},
+    }
+    attacks = data.get("attack") if isinstance(data.get("attack"), dict) else {}
+    for attack, modes in attacks.items():
+        if not isinstance(modes, dict):
+            continue
+        for mode, res in modes.items():
+            if isinstance(res, dict):
+                rec["attacks"][(attack, mode)] = res
+    return rec
+
+
+def attack_modes(runs: list[dict]) -> list[tuple[str, str]]:
+    """Every (attack, mode) found in any run, in a stable order."""
+    return sorted({key for r in runs for key in r["attacks"]})
+
+
+def scores(rec: dict, attack: str, mode: str, which: str) -> dict:
+    """{'mse_mean': .., 'mse_std': .., ...} for one run; values None where absent."""
+    res = rec["attacks"].get((attack, mode), {})
+    chosen = res.get(which) if isinstance(res.get(which), dict) else {}
+    return {f"{m}_{s}": _num(chosen.get(f"{m}_{s}")) for m in METRICS for s in ("mean", "std")}
+
+
+def sort_key(value):
+    """Total order over None < numbers (ascending) < strings, so mixed values never raise."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, 0, str(value))
+
+
+def group_key(rec: dict) -> tuple:
+    return tuple(rec[k] for k in GROUP_KEYS)
+
+
+def group_title(key: tuple) -> str:
+    d = dict(zip(GROUP_KEYS, key))
+    parts = [str(d["dataset"]), str(d["arch"]), f"cut {d['cutlayer']}"]
+    if d["bottleneck_option"] not in (None, "None"):
+        parts.append(str(d["bottleneck_option"]))
+    if d["regularization"] is not None:
+        parts.append(str(d["regularization"]))
+    if d["var_threshold"] is not None:
+        parts.append(f"τ={d['var_threshold']:g}")
+    if d["num_epochs"] is not None:
+        parts.append(f"{d['num_epochs']:g} epoch{'' if d['num_epochs'] == 1 else 's'}")
+    return ", ".join(parts)
+
+
+def groups(runs: list[dict]) -> list[tuple[tuple, list[dict]]]:
+    """Runs split into table groups, groups and their runs in a deterministic order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in runs:
+        out.setdefault(group_key(r), []).append(r)
+    return sorted(out.items(), key=lambda kv: tuple(sort_key(v) for v in kv[0]))
+
+
+def mean(values):
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def cell_table(runs: list[dict], attack: str, mode: str, which: str):
+    """Paper-table view of one group: sorted σ values, sorted λ values and {(σ, λ): cell}.
+
+    A cell averages the runs that share (σ, λ) (for example several seeds) and says how many there were.
+    """
+    by_cell: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_cell.setdefault((r["sigma"], r["lambd"]), []).append(r)
+    cells = {}
+    for key, rs in by_cell.items():
+        sc = [scores(r, attack, mode, which) for r in rs]
+        cells[key] = {"acc": mean(r["test_acc"] for r in rs), "n": len(rs),
+                      **{m: mean(s[f"{m}_mean"] for s in sc) for m in METRICS}}
+    sigmas = sorted({k[0] for k in cells}, key=sort_key)
+    lambdas = sorted({k[1] for k in cells}, key=sort_key)
+    return sigmas, lambdas, cells

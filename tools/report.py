@@ -1,0 +1,157 @@
+"""Turn a folder of finished runs into paper-style results.
+
+    python -m tools.report <folder> [--out DIR] [--attack decoder] [--mode train_time|infer_time]
+                                    [--which final|best_heldout]
+
+Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones are skipped with a
+warning) and writes into --out (default <folder>):
+  results.csv   one row per run: configuration, test accuracy, mean/std MSE, SSIM, SSIM (library
+                convention), PSNR for every attack mode found (columns <attack>_<mode>_<metric>_<stat>,
+                taken from the --which decoder)
+  results.md    one table per group of runs (dataset, arch, cut layer, and the other settings that must
+                match: bottleneck, regularisation, τ, epochs); rows σ ascending, columns λ ascending,
+                cells "accuracy / MSE / SSIM / PSNR" for --attack/--mode/--which
+  tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ
+Exit status 2 with a one-line message when there is nothing to report.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, scores, sort_key
+
+CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
+                  "lambd", "var_threshold", "num_epochs", "test_acc"]
+DASH = "–"
+
+
+class ReportError(Exception):
+    """Nothing sensible to report; main prints the message as one line and exits 2."""
+
+
+def _fmt(v, spec):
+    return DASH if v is None else format(v, spec)
+
+
+def _g(v):
+    return DASH if v is None else f"{v:g}"
+
+
+def write_csv(runs, path: Path, which: str) -> None:
+    modes = attack_modes(runs)
+    flat = [{f"{a}_{m}_{k}": v for a, m in modes for k, v in scores(r, a, m, which).items()} for r in runs]
+    # A metric missing from every run (e.g. ssim_lib in older files) would only add empty columns.
+    metric_cols = [f"{a}_{m}_{k}_{s}" for a, m in modes for k in METRICS for s in ("mean", "std")]
+    metric_cols = [c for c in metric_cols if any(sc.get(c) is not None for sc in flat)]
+    order = sorted(range(len(runs)), key=lambda i: tuple(
+        sort_key(runs[i][k]) for k in ("dataset", "arch", "cutlayer", "sigma", "lambd", "filename")))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CONFIG_COLUMNS + metric_cols)
+        for i in order:
+            r, sc = runs[i], flat[i]
+            w.writerow([("" if r[c] is None else r[c]) for c in CONFIG_COLUMNS]
+                       + [("" if sc.get(c) is None else sc[c]) for c in metric_cols])
+
+
+def _cell_text(cell) -> str:
+    if cell is None:
+        return DASH
+    text = " / ".join([_fmt(cell["acc"], ".2f"), _fmt(cell["mse"], ".4f"), _fmt(cell["ssim"], ".3f"),
+                       _fmt(cell["psnr"], ".1f")])
+    return text + (f" (n={cell['n']})" if cell["n"] > 1 else "")
+
+
+def _attack_desc(runs, attack, mode):
+    """What attacker produced the numbers, from the runs themselves (e.g. 'res_normN8C64, 50 epochs')."""
+    decoders = sorted({str(r["attacks"][(attack, mode)].get("decoder")) for r in runs
+                       if (attack, mode) in r["attacks"] and r["attacks"][(attack, mode)].get("decoder")})
+    epochs = sorted({str(r["attacks"][(attack, mode)].get("epochs")) for r in runs
+                     if (attack, mode) in r["attacks"] and r["attacks"][(attack, mode)].get("epochs")})
+    plural = "" if epochs == ["1"] else "s"
+    parts = ([" or ".join(decoders)] if decoders else []) + ([f"{' or '.join(epochs)} epoch{plural}"] if epochs else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def markdown(grouped, attack: str, mode: str, which: str) -> str:
+    which_text = "final decoder" if which == "final" else "decoder with the best held-out loss"
+    out = []
+    for key, runs in grouped:
+        sigmas, lambdas, cells = cell_table(runs, attack, mode, which)
+        out.append(f"### {group_title(key)}\n")
+        out.append("| σ \\ λ | " + " | ".join(f"λ={_g(l)}" for l in lambdas) + " |")
+        out.append("|---" * (len(lambdas) + 1) + "|")
+        for s in sigmas:
+            out.append(f"| σ={_g(s)} | " + " | ".join(_cell_text(cells.get((s, l))) for l in lambdas) + " |")
+        out.append("")
+        out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {attack} attack"
+                   f"{_attack_desc(runs, attack, mode)}, {mode} mode, {which_text}, means over the "
+                   f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
+                   f"{DASH} = not available; (n=k) = mean of k runs.\n")
+    return "\n".join(out)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", help="folder holding run folders with metrics.json (searched recursively)")
+    p.add_argument("--out", default=None, help="where to write results.csv/.md and tradeoff.png "
+                                               "(default: the folder itself)")
+    p.add_argument("--attack", default="decoder", help="attack shown in the Markdown table and plot")
+    p.add_argument("--mode", default="train_time", choices=["train_time", "infer_time"],
+                   help="attacker data mode shown in the Markdown table and plot")
+    p.add_argument("--which", default="final", choices=["final", "best_heldout"],
+                   help="report the final attack decoder or the one with the best held-out loss")
+    return p.parse_args(argv)
+
+
+def run(args) -> list[Path]:
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ReportError(f"results folder '{folder}' does not exist; pass the --folder used for the runs")
+    runs, warnings = load_runs(folder)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not runs:
+        raise ReportError(f"no finished metrics.json under '{folder}'; run main_MIA.py or run_exp.sh "
+                          f"with --folder {folder} first")
+    found = attack_modes(runs)
+    if (args.attack, args.mode) not in found:
+        have = ", ".join(f"{a}/{m}" for a, m in found) or "none"
+        print(f"warning: no run has {args.attack}/{args.mode} attack scores (found: {have}); "
+              f"table cells show accuracy only", file=sys.stderr)
+    out = Path(args.out) if args.out else folder
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create output folder '{out}' ({e.strerror}); pass a writable --out") from None
+    grouped = groups(runs)
+    csv_path, md_path = out / "results.csv", out / "results.md"
+    write_csv(runs, csv_path, args.which)
+    md = markdown(grouped, args.attack, args.mode, args.which)
+    md_path.write_text(md)
+    from tools.plot import tradeoff_figure  # matplotlib is slow to import; only needed here
+
+    png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
+    print(md)
+    print(f"{len(runs)} finished run(s), {len(warnings)} skipped")
+    for p in (csv_path, md_path, png_path):
+        print(f"wrote {p}")
+    return [csv_path, md_path, png_path]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
