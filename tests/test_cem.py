@@ -90,7 +90,7 @@ def test_batch_loss_zero_when_variance_below_threshold():
     z = cen[0, 0].expand(8, -1).clone().requires_grad_(True)
     y = torch.zeros(8, dtype=torch.long)
     loss = cem_batch_loss(z, y, cen, var, w, valid, sigma=1.0, var_threshold=0.125, n_train=100)
-    assert float(loss) == 0.0
+    assert float(loss.detach()) == 0.0
 
 
 def _check_fixed_point(z, y, mu, var, w, valid, C, K):
