@@ -232,13 +232,10 @@ def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progr
         res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
         grid = Path("images") / f"decoder_{mode}.png"
         save_grid(res.grid_originals, res.grid_recons, run.dir / grid)
-        results[mode] = {"final": res.final, "best_heldout": res.best_heldout, "best_epoch": res.best_epoch,
-                         "n_fit": res.n_fit, "n_heldout": res.n_heldout, "n_eval": res.n_eval,
-                         "decoder": cfg["gan_AE_type"], "epochs": int(cfg["attack_epochs"]),
-                         "grid": str(grid), "wall_time_s": res.wall_time_s}
-        f = res.final
+        results[mode] = {**res.summary(), "grid": str(grid)}
+        f, b = res.final, res.baseline_mean_image
         run.log(f"  {mode}: MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  PSNR {f['psnr_mean']:.2f} dB "
-                f"(grid: {run.dir / grid})")
+                f"(mean-image guess: PSNR {b['psnr_mean']:.2f} dB)  grid: {run.dir / grid}")
         write_json(run.metrics_path, metrics)
     metrics["status"] = "finished"
     write_json(run.metrics_path, metrics)

@@ -30,7 +30,7 @@ class TrainSettings:
     warmup: bool = True
     seed: int = 0
     bf16: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # faster convs on CPU (mkldnn) and CUDA alike
 
 
 def milestones(num_epochs: int):
@@ -51,7 +51,7 @@ class Trainer:
         self.device, self.run_dir, self.s = device, Path(run_dir), settings
         self.progress, self.log = progress, log
         self.ckpt_dir = self.run_dir / "checkpoints"
-        if settings.channels_last and device.type == "cuda":
+        if settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
         enc_lr = settings.local_lr if settings.local_lr else settings.learning_rate
         server_params = list(model.server.parameters()) + list(model.classifier.parameters())
@@ -80,7 +80,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _prep(self, x):
-        if self.s.channels_last and self.device.type == "cuda":
+        if self.s.channels_last:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 

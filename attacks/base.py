@@ -31,9 +31,12 @@ class AttackResult:
     per_image_best: dict = field(default_factory=dict)
     history: list = field(default_factory=list)           # per epoch: {"epoch", "loss", "heldout_mse", "lr"}
     model: Optional[Any] = None           # the final decoder (e.g. to initialise a GAN generator)
+    # Scores of a constant guess, the attacker's mean image: an attack is only informative above this.
+    baseline_mean_image: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """JSON-ready part for metrics.json (the caller adds the grid's path)."""
         return {"final": self.final, "best_heldout": self.best_heldout, "best_epoch": self.best_epoch,
                 "n_fit": self.n_fit, "n_heldout": self.n_heldout, "n_eval": self.n_eval,
-                "decoder": self.name, "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 3)}
+                "decoder": self.name, "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 3),
+                "baseline_mean_image": self.baseline_mean_image}

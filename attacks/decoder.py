@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from architectures.decoders import build_decoder
 from attacks.base import AttackResult
-from attacks.metrics import concat_metrics, per_image_metrics, summarize
+from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
 from utils import UserError, normalize
 
 ATTACK_MODES = ("train_time", "infer_time")
@@ -209,8 +209,11 @@ class DecoderAttack:
         else:
             per_best, best_epoch = per_final, self.epochs
 
+        mean_image = x_fit.float().mean(0, keepdim=True).div_(255.0)
+        baseline = metrics_in_batches(mean_image.expand_as(x_eval), x_eval.float().div(255.0))
         return AttackResult(
-            final=summarize(per_final), best_heldout=summarize(per_best), best_epoch=int(best_epoch),
+            final=summarize(per_final), baseline_mean_image=summarize(baseline),
+            best_heldout=summarize(per_best), best_epoch=int(best_epoch),
             n_fit=len(fit), n_heldout=len(heldout), n_eval=len(evals), wall_time_s=time.time() - t0,
             grid_originals=x_eval[:GRID_SIZE].float().div(255.0).cpu(), grid_recons=grid_recons,
             name=self.gan_AE_type, epochs=self.epochs, per_image_final=per_final, per_image_best=per_best,

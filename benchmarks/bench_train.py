@@ -68,7 +68,7 @@ def main():
     p.add_argument("--epochs", type=int, default=2, help="timed epochs per setting (after one warm-up)")
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true")
-    p.add_argument("--channels_last", action="store_true")
+    p.add_argument("--no_channels_last", dest="channels_last", action="store_false")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(torch.get_num_threads())

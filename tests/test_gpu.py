@@ -1,0 +1,75 @@
+"""GPU-only behaviour: runs where CUDA is present (the lent GPU machine), skipped elsewhere."""
+import pytest
+import torch
+
+from defenses.cem import cem_batch_loss, fit_class_kmeans
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_cem_loss_and_kmeans_agree_between_cpu_and_cuda():
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(2000, 512, generator=g)
+    y = torch.randint(0, 10, (2000,), generator=g)
+    cpu = fit_class_kmeans(z, y, 10, 5, generator=torch.Generator().manual_seed(1))
+    gpu = fit_class_kmeans(z.cuda(), y.cuda(), 10, 5, init=cpu[0].cuda())
+    assert all(t.device.type == "cuda" for t in gpu)
+    assert torch.allclose(gpu[0].cpu(), cpu[0], atol=1e-4)  # warm start from the CPU fit is a fixed point
+    zb = z[:128].clone().requires_grad_(True)
+    zg = z[:128].cuda().requires_grad_(True)
+    lc = cem_batch_loss(zb, y[:128], *cpu, 0.05, 0.125, 2000)
+    lg = cem_batch_loss(zg, y[:128].cuda(), *[t.cuda() for t in cpu], 0.05, 0.125, 2000)
+    lc.backward()
+    lg.backward()
+    assert torch.allclose(lc, lg.cpu(), atol=1e-5)
+    assert torch.allclose(zb.grad, zg.grad.cpu(), atol=1e-6)
+
+
+def test_training_and_attack_run_on_cuda(tmp_path):
+    from experiment import run_experiment
+    from main_MIA import build_parser
+
+    cfg = vars(build_parser().parse_args([]))
+    cfg.pop("no_progress")
+    cfg.update(dataset="digits", data_root=str(tmp_path), folder=str(tmp_path / "runs"), filename="gpu",
+               num_epochs=2, attack_epochs=1, gan_AE_type="res_normN1C16", device="cuda", bf16=True)
+    m = run_experiment(cfg, progress=False)
+    assert m["status"] == "finished" and m["config"]["device"].startswith("cuda")
+    assert m["train"]["test_acc"] > 0
+    ck = torch.load(tmp_path / "runs" / "gpu" / "checkpoints" / "last.pt", weights_only=False)
+    assert ck["defenses"]["cem"]["state"] is not None  # CEM state saved (on the CPU) for resume
+
+
+def test_no_host_device_sync_in_the_training_step(tmp_path):
+    """CUDA sync debug mode raises on any synchronising call inside one training epoch."""
+    from architectures import build_split_model
+    from datasets import load_dataset
+    from defenses import build_defenses
+    from model_training import Trainer, TrainSettings
+
+    b = load_dataset("digits", str(tmp_path), select_on="test")
+    model = build_split_model("vgg11_bn_sgm", 4, b.num_classes, b.image_size, "noRELU_C8S1")
+    d = build_defenses({"regularization": "Gaussian_kl", "regularization_strength": 0.05, "lambd": 16,
+                        "var_threshold": 0.125, "arch": "vgg11_bn_sgm"}, b.num_classes, len(b.train))
+    tr = Trainer(model, b, d, torch.device("cuda"), tmp_path, TrainSettings(num_epochs=4), progress=False)
+    tr.train_epoch(0)
+    d.on_epoch_end(tr)
+
+    # The per-epoch .item() calls at the end are allowed; everything in the batch loop must not sync.
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loader = tr.train_loader
+        loader.set_epoch(1)
+        it = iter(loader)
+        for _ in range(3):
+            x, y = next(it)
+            z = tr.model.encoder(tr._prep(x))
+            out = tr.model.server_forward(tr.defenses.obfuscate(z, training=True))
+            loss = torch.nn.functional.cross_entropy(out, y) + tr.defenses.encoder_loss(z, x, y, lr=0.05)
+            tr.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            tr.opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss.detach()).all()
