@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--random_seed", type=int, default=125, help="seed for data order, init, noise (default: %(default)s)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (faster; not bit-identical)")
+    t.add_argument("--no_compile", dest="compile", action="store_false",
+                   help="on CUDA, keep the CEM loss in eager mode instead of fusing it with torch.compile")
     t.add_argument("--no_channels_last", dest="channels_last", action="store_false",
                    help="keep NCHW memory format (channels_last is on by default: faster on CPU and CUDA)")
     f = p.add_argument_group("defence")

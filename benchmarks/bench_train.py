@@ -35,7 +35,7 @@ def time_epoch(bundle, lambd, args, device, tmp):
     seed_everything(0)
     model = build_split_model(args.arch, args.cutlayer, bundle.num_classes, bundle.image_size, args.bottleneck)
     cfg = {"regularization": "Gaussian_kl", "regularization_strength": args.sigma, "lambd": lambd,
-           "var_threshold": 0.125, "arch": args.arch, "cem_lr_coupling": "paper"}
+           "var_threshold": 0.125, "arch": args.arch, "cem_lr_coupling": "paper", "compile": args.compile}
     defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
     settings = TrainSettings(num_epochs=240, batch_size=args.batch_size, bf16=args.bf16,
                              channels_last=args.channels_last)
@@ -69,6 +69,7 @@ def main():
     p.add_argument("--device", default="auto")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--no_channels_last", dest="channels_last", action="store_false")
+    p.add_argument("--no_compile", dest="compile", action="store_false", help="CEM loss in eager mode on CUDA")
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.set_num_threads(torch.get_num_threads())
@@ -85,7 +86,8 @@ def main():
     n = len(bundle.train)
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
           f"{n} images/epoch, {bundle.num_classes} classes, {args.arch} cut {args.cutlayer} {args.bottleneck}, "
-          f"batch {args.batch_size}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"batch {args.batch_size}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"bf16 {args.bf16}, CEM compile {args.compile and device.type == 'cuda'}")
     res = {}
     for lam in (0.0, args.lambd):
         best, med = time_epoch(bundle, lam, args, device, tmp)

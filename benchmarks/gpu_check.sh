@@ -9,8 +9,7 @@ fi
 export CEM_DATA_ROOT="${CEM_DATA_ROOT:-../shared/data}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)"
-python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tail -n 6
+python3 -m pytest -q -p no:cacheprovider ${GPU_TESTS:-tests} 2>&1 | tail -n 6
 for classes in 10 100; do
   python3 benchmarks/bench_train.py --data_root "$CEM_DATA_ROOT" --repeat 12 --classes $classes --epochs 3 --device cuda
 done
-python3 benchmarks/bench_train.py --data_root "$CEM_DATA_ROOT" --repeat 12 --epochs 3 --device cuda --bf16

@@ -52,5 +52,5 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int) -> DefenseStack:
         stack.append(CEM(lambd=lambd, sigma=sigma, var_threshold=float(cfg.get("var_threshold", 0.125)),
                          num_classes=num_classes, n_train=n_train, k=cem_clusters(cfg["arch"]),
                          log_entropy=bool(int(cfg.get("log_entropy", 1))), lr_coupling=coupling,
-                         seed=int(cfg.get("random_seed", 0))))
+                         seed=int(cfg.get("random_seed", 0)), compile=bool(cfg.get("compile", True))))
     return DefenseStack(stack)

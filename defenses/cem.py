@@ -1,139 +1,135 @@
 """CEM: conditional-entropy maximisation on the encoder's features (DESIGN.md §6).
 
 Two pure functions carry the maths so they can be checked in isolation:
-`fit_class_kmeans` (per-class Gaussian-mixture state, all classes at once) and `cem_batch_loss`
-(the per-batch conditional-entropy surrogate). `CEM` holds the state, refreshes it after every
-epoch and applies the lambda schedule.
+`fit_class_kmeans` (per-class Gaussian-mixture state, all classes at once; in cem_kmeans.py) and
+`cem_batch_loss` (the per-batch conditional-entropy surrogate). `CEM` holds the state, refreshes it
+after every epoch and applies the lambda schedule.
 """
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from defenses.base import Defense
-
-
-# --------------------------------------------------------------------------------------------
-# k-means per class, all classes in one batched problem
-# --------------------------------------------------------------------------------------------
-def _pad_by_class(z: torch.Tensor, y: torch.Tensor, num_classes: int):
-    """Pack z into [C, Nmax, D] (class-major, zero padded) so every class is one batch row.
-
-    Padding costs ~nothing for balanced data and lets every k-means step be a bmm.
-    Returns (zp, mask[C,Nmax], counts[C], order, pos) where zp[y[order], pos] = z[order].
-    """
-    n, d = z.shape
-    counts = torch.bincount(y, minlength=num_classes)
-    order = torch.argsort(y, stable=True)
-    ys = y[order]
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(n, device=z.device) - starts[ys]
-    nmax = int(counts.max().item()) if n else 0
-    zp = z.new_zeros(num_classes, max(nmax, 1), d)
-    zp[ys, pos] = z[order]
-    mask = torch.zeros(num_classes, max(nmax, 1), dtype=torch.bool, device=z.device)
-    mask[ys, pos] = True
-    return zp, mask, counts, order, pos
-
-
-def _sq_dists(zp: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """||z - mu||^2 for every (class, member, cluster): [C, Nmax, K]."""
-    zz = (zp * zp).sum(-1, keepdim=True)
-    mm = (mu * mu).sum(-1).unsqueeze(1)
-    return (zz - 2.0 * torch.bmm(zp, mu.transpose(1, 2)) + mm).clamp_min_(0.0)
-
-
-def _kmeanspp_init(zp, mask, counts, k, generator):
-    """k-means++ seeding for every class at once; clusters a class cannot fill are invalid."""
-    c, nmax, d = zp.shape
-    rows = torch.arange(c, device=zp.device)
-    mu = zp.new_zeros(c, k, d)
-    valid = torch.zeros(c, k, dtype=torch.bool, device=zp.device)
-    best = torch.full((c, nmax), float("inf"), device=zp.device, dtype=zp.dtype)
-    for j in range(k):  # K is 5 or 15: a short loop over seeds, not over classes
-        if j == 0:
-            w = mask.to(zp.dtype)
-        else:
-            w = best.clamp_min(0.0) * mask
-        ok = w.sum(1) > 0
-        # Rows with nothing left to pick (empty class, or all members duplicated) draw a dummy index.
-        w = torch.where(ok.unsqueeze(1), w, torch.ones_like(w))
-        pick = torch.multinomial(w.cpu(), 1, generator=generator).squeeze(1).to(zp.device)
-        mu[:, j] = zp[rows, pick]
-        valid[:, j] = ok & (counts > j)
-        d2 = ((zp - mu[:, j : j + 1]) ** 2).sum(-1)
-        best = torch.minimum(best, d2)
-    return mu, valid
-
-
-def _assign(zp, mu, valid):
-    dist = _sq_dists(zp, mu).masked_fill_(~valid.unsqueeze(1), float("inf"))
-    return dist.argmin(-1)
-
-
-def _cluster_sums(zp, mask, assign, k):
-    onehot = F.one_hot(assign, k).to(zp.dtype) * mask.unsqueeze(-1).to(zp.dtype)  # [C,Nmax,K]
-    n_ck = onehot.sum(1)  # [C,K]
-    sums = torch.bmm(onehot.transpose(1, 2), zp)  # [C,K,D]
-    return onehot, n_ck, sums
-
-
-@torch.no_grad()
-def fit_class_kmeans(
-    z: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    k: int,
-    init: Optional[torch.Tensor] = None,
-    iters: int = 50,
-    generator: Optional[torch.Generator] = None,
-):
-    """K clusters per class, all classes at once in batched tensor ops on `z.device`.
-
-    Args:
-        z: [N, D] features (flattened), y: [N] labels in [0, num_classes).
-        init: optional [C, K, D] centroids to warm start from; k-means++ seeding otherwise.
-    Returns:
-        centroids [C,K,D], variances [C,K] (mean over members and dims of (z - mu)^2),
-        weights [C,K] (n_ck / n_c), valid [C,K] (cluster has members). Arrays stay aligned with
-        cluster indices: empty clusters are marked invalid, never compacted.
-    """
-    z = z.reshape(z.shape[0], -1).float()
-    y = y.long()
-    zp, mask, counts, _, _ = _pad_by_class(z, y, num_classes)
-    d = zp.shape[-1]
-    if init is None:
-        mu, valid = _kmeanspp_init(zp, mask, counts, k, generator)
-    else:
-        mu = init.to(zp).clone()
-        valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
-
-    prev = None
-    assign = _assign(zp, mu, valid)
-    for _ in range(iters):
-        if prev is not None and bool(((assign == prev) | ~mask).all()):
-            break  # stable: mu are the means of `assign` and `assign` is nearest to mu
-        _, n_ck, sums = _cluster_sums(zp, mask, assign, k)
-        valid = n_ck > 0
-        mu = torch.where(valid.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
-        prev = assign
-        assign = _assign(zp, mu, valid)
-
-    onehot, n_ck, _ = _cluster_sums(zp, mask, assign, k)
-    valid = n_ck > 0
-    d2 = _sq_dists(zp, mu)  # [C,Nmax,K]
-    variances = (onehot * d2).sum(1) / (n_ck.clamp_min(1) * d)
-    weights = n_ck / counts.clamp_min(1).unsqueeze(1).to(n_ck.dtype)
-    variances = torch.where(valid, variances, torch.zeros_like(variances))
-    return mu, variances, weights, valid
+from defenses.cem_kmeans import fit_class_kmeans, mixture_logdet  # noqa: F401 (part of this module's API)
 
 
 # --------------------------------------------------------------------------------------------
 # the batch loss
 # --------------------------------------------------------------------------------------------
+@dataclass
+class PreparedState:
+    """Per-refresh constants of the loss, computed once so each batch runs only a few kernels.
+
+    Group index g = class * K + cluster; one extra dummy group (index C*K, weight 0) absorbs the
+    samples of classes that have no valid cluster, so no masking is needed per batch.
+    """
+    mu: torch.Tensor        # [C, K, D] centroids
+    mu_flat: torch.Tensor   # [C*K + 1, D]
+    musq: torch.Tensor      # [C, K] ||mu||^2, +inf where invalid (never nearest)
+    usable: torch.Tensor    # [C] class has at least one valid cluster
+    pi: torch.Tensor        # [C*K + 1]
+    v: torch.Tensor         # [C*K + 1] stored variances
+    a_coef: torch.Tensor    # [C*K + 1] alpha_scale / (pi * N / C)
+    floor: float
+    log_entropy: bool
+    gamma: float
+    compile: bool = False   # fuse the loss with torch.compile when on CUDA
+
+
+@torch.no_grad()
+def prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_train, log_entropy=True,
+                  gamma=0.01, alpha_scale=10.0, compile=False) -> PreparedState:
+    num_classes, k, d = centroids.shape
+    mu = centroids.detach().float()
+    pad = lambda t: torch.cat([t.reshape(-1).float(), t.new_zeros(1, dtype=torch.float32)])  # noqa: E731
+    pi = pad(weights)
+    expected = (pi * (n_train / num_classes)).clamp_min(1e-12)
+    return PreparedState(
+        mu=mu, mu_flat=torch.cat([mu.reshape(-1, d), mu.new_zeros(1, d)]),
+        musq=(mu * mu).sum(-1).masked_fill(~valid, float("inf")), usable=valid.any(1), pi=pi, v=pad(variances),
+        a_coef=alpha_scale / expected, floor=math.log(var_threshold * sigma**2 + gamma),
+        log_entropy=bool(log_entropy), gamma=gamma, compile=bool(compile))
+
+
+def _loss_and_grad(z, y, mu, mu_flat, musq, usable, pi, v, a_coef, floor: float, gamma: float,
+                   log_entropy: bool):
+    """L_C and its gradient to z, written out so backward is a single multiply.
+
+    With sq_i = mean_d (z_i - mu_g)^2 and g the group of sample i:
+    dL/dz_i = (1/#classes) * pi_g * alpha_g / n_g * f'(v_hat_g) * 2 (z_i - mu_g) / D, where
+    f' = 1[log(v_hat+gamma) > floor] / (v_hat + gamma) for the log surrogate and 1 otherwise.
+    alpha_g depends on counts only, and centroids/assignments carry no gradient (DESIGN §6.3).
+    """
+    d = z.shape[1]
+    num_classes, k, _ = mu.shape
+    groups = num_classes * k
+    # argmin_k ||z - mu_k||^2 = argmin_k (||mu_k||^2 - 2 z.mu_k): one batched matmul
+    score = torch.baddbmm(musq[y].unsqueeze(2), mu[y], z.unsqueeze(2), alpha=-2.0)
+    gid = torch.where(usable[y], y * k + score.squeeze(2).argmin(1), groups)
+    diff = z - mu_flat[gid]
+    sq = diff.pow(2).mean(1)
+    sums = torch.zeros(groups + 1, 2, device=z.device).index_add_(0, gid, torch.stack((sq, torch.ones_like(sq)), 1))
+    s_g, n_g = sums[:, 0], sums[:, 1]
+    alpha = (n_g * a_coef).clamp_max(0.99)
+    v_hat = torch.lerp(v, s_g / n_g.clamp_min(1.0), alpha)
+    w = pi * (n_g > 0)
+    n_cls = (n_g[:groups].view(num_classes, k).amax(1) > 0).sum().clamp_min(1).float()
+    if log_entropy:
+        logv = torch.log(v_hat + gamma)
+        loss = torch.dot(w, (logv - floor).clamp_min(0.0)) / n_cls
+        slope = (logv > floor) / (v_hat + gamma)
+    else:
+        loss = torch.dot(w, v_hat + 0.001) / n_cls
+        slope = torch.ones_like(v_hat)
+    coef = w * alpha * slope / n_g.clamp_min(1.0) * (2.0 / d) / n_cls
+    return loss, diff * coef[gid].unsqueeze(1)
+
+
+_compiled = {"fn": None, "failed": False}
+
+
+def _fused(use_compile: bool):
+    """On CUDA the ~40 small ops are launch-bound; torch.compile fuses them into a few kernels."""
+    if not use_compile or _compiled["failed"]:
+        return _loss_and_grad
+    if _compiled["fn"] is None:
+        _compiled["fn"] = torch.compile(_loss_and_grad, dynamic=False)
+    return _compiled["fn"]
+
+
+class _CEMLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, y, st: "PreparedState"):
+        args = (z, y, st.mu, st.mu_flat, st.musq, st.usable, st.pi, st.v, st.a_coef, st.floor, st.gamma,
+                st.log_entropy)
+        use_compile = st.compile and z.is_cuda
+        try:
+            loss, grad = _fused(use_compile)(*args)
+        except Exception as e:  # no working compiler toolchain: stay correct, only slower
+            if not use_compile:
+                raise
+            warnings.warn(f"torch.compile of the CEM loss failed ({type(e).__name__}); using eager mode")
+            _compiled["failed"] = True
+            loss, grad = _loss_and_grad(*args)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_z,) = ctx.saved_tensors
+        return grad_out * grad_z, None, None
+
+
+def prepared_loss(z: torch.Tensor, y: torch.Tensor, st: "PreparedState") -> torch.Tensor:
+    return _CEMLoss.apply(z.reshape(z.shape[0], -1).float(), y.long(), st)
+
+
 def cem_batch_loss(
     z: torch.Tensor,
     y: torch.Tensor,
@@ -154,41 +150,12 @@ def cem_batch_loss(
     (class, cluster) with n members in the batch: b = mean of (z - mu)^2 over members and dims,
     alpha = min(alpha_scale * n / (pi * N / C), 0.99), v = alpha * b + (1 - alpha) * v_stored,
     term = pi * relu(log(v + gamma) - log(tau * sigma^2 + gamma)) (or pi * (v + 0.001)).
-    L_C = sum of terms / number of distinct classes in the batch.
+    L_C = sum of terms / number of distinct classes in the batch (samples of a class with no
+    valid cluster are skipped). Vectorised: no Python loop over classes or clusters.
     """
-    num_classes, k, _ = centroids.shape
-    z = z.reshape(z.shape[0], -1)
-    y = y.long()
-    mu_own = centroids[y].detach()  # [B,K,D]
-    with torch.no_grad():
-        dist = ((z.detach().unsqueeze(1) - mu_own) ** 2).sum(-1)
-        own_valid = valid[y]
-        dist = dist.masked_fill(~own_valid, float("inf"))
-        assign = dist.argmin(1)
-        usable = own_valid.any(1)  # a class never seen in training has no state: skip its samples
-    rows = torch.arange(z.shape[0], device=z.device)
-    sq = ((z - mu_own[rows, assign]) ** 2).mean(1)  # [B], carries the gradient
-
-    groups = num_classes * k
-    gid = y * k + assign
-    w_use = usable.to(sq.dtype)
-    n_g = torch.zeros(groups, device=z.device, dtype=sq.dtype).index_add_(0, gid, w_use)
-    s_g = torch.zeros(groups, device=z.device, dtype=sq.dtype).index_add_(0, gid, sq * w_use)
-    hit = n_g > 0
-    b_g = s_g / n_g.clamp_min(1.0)
-    pi = weights.reshape(-1).to(sq.dtype).detach()
-    v_stored = variances.reshape(-1).to(sq.dtype).detach()
-    expected = (pi * (n_train / num_classes)).clamp_min(1e-12)
-    alpha = (alpha_scale * n_g / expected).clamp_max(0.99)
-    v_hat = alpha * b_g + (1.0 - alpha) * v_stored
-    if log_entropy:
-        floor = math.log(var_threshold * sigma**2 + gamma)
-        term = pi * F.relu(torch.log(v_hat + gamma) - floor)
-    else:
-        term = pi * (v_hat + 0.001)
-    term = torch.where(hit, term, torch.zeros_like(term))
-    class_hit = torch.zeros(num_classes, device=z.device, dtype=sq.dtype).index_add_(0, y, w_use) > 0
-    return term.sum() / class_hit.sum().clamp_min(1).to(sq.dtype)
+    st = prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_train, log_entropy,
+                       gamma, alpha_scale)
+    return prepared_loss(z, y, st)
 
 
 def lambda_eff(lambd: float, lr: float, coupling: str = "paper") -> float:
@@ -196,39 +163,6 @@ def lambda_eff(lambd: float, lr: float, coupling: str = "paper") -> float:
     if coupling == "none" or lr < 4.1e-4:
         return lambd
     return lambd * min(1.0, 0.001 / lr)
-
-
-@torch.no_grad()
-def mixture_logdet(z, y, centroids, valid, weights, sigma: float) -> float:
-    """Diagnostic: sum_k pi_k (1/D) log det(cov_k + sigma^2 I), averaged over classes present.
-
-    Uses the n x n Gram form when a cluster has fewer members than dims (same determinant up to
-    D log sigma^2, exact by Sylvester's identity). Not in any hot path: runs every 10 epochs.
-    """
-    if sigma <= 0:
-        return float("nan")
-    z = z.reshape(z.shape[0], -1).float()
-    num_classes, k, d = centroids.shape
-    d2 = ((z.unsqueeze(1) - centroids[y]) ** 2).sum(-1).masked_fill(~valid[y], float("inf"))
-    assign = d2.argmin(1)
-    gid = (y * k + assign).cpu()
-    s2 = sigma**2
-    per_class = torch.zeros(num_classes, dtype=torch.float64)
-    seen = torch.zeros(num_classes, dtype=torch.bool)
-    for g in torch.unique(gid).tolist():
-        c, j = divmod(g, k)
-        xs = z[gid.to(z.device) == g]
-        xs = (xs - xs.mean(0)).double()
-        n = xs.shape[0]
-        if n <= d:
-            gram = xs @ xs.T / (n * s2) + torch.eye(n, dtype=xs.dtype, device=xs.device)
-            logdet = d * math.log(s2) + torch.linalg.slogdet(gram)[1].item()
-        else:
-            cov = xs.T @ xs / n + s2 * torch.eye(d, dtype=xs.dtype, device=xs.device)
-            logdet = torch.linalg.slogdet(cov)[1].item()
-        per_class[c] += float(weights[c, j]) * logdet / d
-        seen[c] = True
-    return float(per_class[seen].mean()) if seen.any() else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,26 +174,28 @@ class CEM(Defense):
     name = "cem"
 
     def __init__(self, lambd, sigma, var_threshold, num_classes, n_train, k, log_entropy=True,
-                 lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0):
+                 lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0, compile=True):
         self.lambd, self.sigma, self.var_threshold = float(lambd), float(sigma), float(var_threshold)
         self.num_classes, self.n_train, self.k = int(num_classes), int(n_train), int(k)
         self.log_entropy, self.lr_coupling, self.gamma = bool(log_entropy), lr_coupling, gamma
         self.kmeans_iters, self.diag_every, self.seed = kmeans_iters, diag_every, seed
+        self.compile = compile  # only ever used on CUDA
         self.state: Optional[dict] = None  # centroids, variances, weights, valid
+        self._prepared: Optional[PreparedState] = None
         self.refreshes = 0
 
     def encoder_loss(self, z, x, y, lr):
         if self.lambd == 0 or self.state is None:
             return None
-        s = self.state
-        loss = cem_batch_loss(z, y, s["centroids"], s["variances"], s["weights"], s["valid"],
-                              self.sigma, self.var_threshold, self.n_train, self.log_entropy, self.gamma)
-        return lambda_eff(self.lambd, lr, self.lr_coupling) * loss
+        return lambda_eff(self.lambd, lr, self.lr_coupling) * self.raw_loss(z, y)
 
     def raw_loss(self, z, y):
-        s = self.state
-        return cem_batch_loss(z, y, s["centroids"], s["variances"], s["weights"], s["valid"],
-                              self.sigma, self.var_threshold, self.n_train, self.log_entropy, self.gamma)
+        if self._prepared is None:
+            s = self.state
+            self._prepared = prepare_state(s["centroids"], s["variances"], s["weights"], s["valid"], self.sigma,
+                                           self.var_threshold, self.n_train, self.log_entropy, self.gamma,
+                                           compile=self.compile)
+        return prepared_loss(z, y, self._prepared)
 
     def refresh(self, z: torch.Tensor, y: torch.Tensor) -> None:
         gen = torch.Generator().manual_seed(self.seed + self.refreshes)
@@ -267,6 +203,7 @@ class CEM(Defense):
         mu, var, w, valid = fit_class_kmeans(z, y, self.num_classes, self.k, init=init,
                                              iters=self.kmeans_iters, generator=gen)
         self.state = {"centroids": mu, "variances": var, "weights": w, "valid": valid}
+        self._prepared = None
         self.refreshes += 1
 
     def on_epoch_end(self, trainer):
@@ -287,8 +224,10 @@ class CEM(Defense):
     def load_state_dict(self, state):
         self.state = state["state"]
         self.refreshes = state["refreshes"]
+        self._prepared = None
 
     def to(self, device):
         if self.state is not None:
             self.state = {k: v.to(device) for k, v in self.state.items()}
+            self._prepared = None
         return self

@@ -25,6 +25,26 @@ def test_cem_loss_and_kmeans_agree_between_cpu_and_cuda():
     assert torch.allclose(zb.grad, zg.grad.cpu(), atol=1e-6)
 
 
+def test_compiled_cem_loss_matches_eager():
+    from defenses.cem import prepare_state, prepared_loss
+
+    g = torch.Generator().manual_seed(2)
+    z = torch.rand(1000, 512, generator=g).cuda()
+    y = torch.randint(0, 10, (1000,), generator=g).cuda()
+    state = fit_class_kmeans(z, y, 10, 5, generator=torch.Generator().manual_seed(0))
+    out = []
+    for use_compile in (False, True):
+        st = prepare_state(*state, 0.05, 0.125, 1000, compile=use_compile)
+        zb = z[:128].clone().requires_grad_(True)
+        loss = prepared_loss(zb, y[:128], st)
+        loss.backward()
+        out.append((loss.detach(), zb.grad))
+    import defenses.cem as cem_mod
+    assert not cem_mod._compiled["failed"], "torch.compile fell back to eager on this GPU"
+    assert torch.allclose(out[0][0], out[1][0], atol=1e-5)
+    assert torch.allclose(out[0][1], out[1][1], atol=1e-6)
+
+
 def test_training_and_attack_run_on_cuda(tmp_path):
     from experiment import run_experiment
     from main_MIA import build_parser
