@@ -114,7 +114,8 @@ class _CEMLoss(torch.autograd.Function):
         except Exception as e:  # no working compiler toolchain: stay correct, only slower
             if not use_compile:
                 raise
-            warnings.warn(f"torch.compile of the CEM loss failed ({type(e).__name__}); using eager mode")
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+            warnings.warn(f"torch.compile of the CEM loss failed ({type(e).__name__}: {msg}); using eager mode")
             _compiled["failed"] = True
             loss, grad = _loss_and_grad(*args)
         ctx.save_for_backward(grad)
