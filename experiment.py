@@ -20,7 +20,8 @@ ATTACK_MODES = ("train_time", "infer_time")
 # Settings that change what is trained: a resumed run must agree with its folder on all of them.
 TRAINING_KEYS = ("arch", "cutlayer", "batch_size", "num_epochs", "learning_rate", "local_lr", "dataset",
                  "regularization", "regularization_strength", "lambd", "var_threshold", "log_entropy",
-                 "bottleneck_option", "random_seed", "select_on", "cem_lr_coupling", "limit_train", "limit_test")
+                 "bottleneck_option", "random_seed", "select_on", "cem_lr_coupling", "limit_train", "limit_test",
+                 "milestones")
 
 
 def default_filename(cfg: dict) -> str:
@@ -49,6 +50,9 @@ def parse_modes(spec) -> list:
 
 
 def validate(cfg: dict) -> None:
+    from model_training import milestones
+
+    milestones(int(cfg["num_epochs"]), cfg.get("milestones", "paper"))
     checks = [("num_epochs", 1), ("batch_size", 2)]
     for key, low in checks:
         if int(cfg[key]) < low:
@@ -164,6 +168,7 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
     settings = TrainSettings(num_epochs=int(cfg["num_epochs"]), learning_rate=float(cfg["learning_rate"]),
                              local_lr=cfg.get("local_lr"), batch_size=int(cfg["batch_size"]),
                              seed=int(cfg["random_seed"]), bf16=bool(cfg.get("bf16")),
+                             milestones=str(cfg.get("milestones", "paper")),
                              channels_last=bool(cfg.get("channels_last")))
     trainer = Trainer(model, bundle, defenses, device, run.dir, settings, progress=progress, log=run.log)
     if resuming:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num_epochs", type=int, default=240,
                    help="epochs; the lr milestones 60/120/180/210 of 240 scale with it (default: %(default)s)")
     t.add_argument("--learning_rate", type=float, default=0.05, help="server lr, SGD (default: %(default)s)")
+    t.add_argument("--milestones", default="paper",
+                   help="epochs where the lr drops x0.2: paper (60/120/180/210 of 240, scaled to --num_epochs), "
+                        "none (constant lr), or a comma list such as 60,120 (default: %(default)s)")
     t.add_argument("--local_lr", type=_none_or_float, default=None,
                    help="encoder (device) lr; default: same as --learning_rate")
     t.add_argument("--random_seed", type=int, default=125, help="seed for data order, init, noise (default: %(default)s)")

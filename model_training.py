@@ -29,17 +29,27 @@ class TrainSettings:
     weight_decay: float = 5e-4
     warmup: bool = True
     seed: int = 0
+    milestones: str = "paper"
     bf16: bool = False
     channels_last: bool = True  # faster convs on CPU (mkldnn) and CUDA alike
 
 
-def milestones(num_epochs: int):
-    """The paper's MultiStepLR milestones scaled to the run's length."""
-    return sorted({max(1, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
+def milestones(num_epochs: int, spec: str = "paper"):
+    """Epochs where the lr drops x0.2: 'paper' (60/120/180/210 of 240, scaled to the run's length),
+    'none' (constant lr, for short demo runs), or a comma list of epochs."""
+    spec = str(spec).strip().lower()
+    if spec == "paper":
+        return sorted({max(1, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
+    if spec == "none":
+        return []
+    try:
+        return sorted({int(m) for m in spec.split(",") if m.strip()})
+    except ValueError:
+        raise UserError(f"bad --milestones '{spec}'; use paper, none, or a comma list of epochs like 60,120") from None
 
 
-def scheduled_lr(base: float, epoch: int, num_epochs: int) -> float:
-    return base * 0.2 ** sum(epoch >= m for m in milestones(num_epochs))
+def scheduled_lr(base: float, epoch: int, num_epochs: int, spec: str = "paper") -> float:
+    return base * 0.2 ** sum(epoch >= m for m in milestones(num_epochs, spec))
 
 
 class Trainer:
@@ -69,6 +79,7 @@ class Trainer:
         select = bundle.val if bundle.val is not None else bundle.test
         self.select_loader = BatchLoader(select, 512, **stats)
         self.test_loader = BatchLoader(bundle.test, 512, **stats)
+        milestones(settings.num_epochs, settings.milestones)  # a bad spec fails before any work
         self.epoch = 0  # epochs completed
         self.best = {"acc": -1.0, "epoch": 0}
         self.elapsed = 0.0
@@ -85,7 +96,7 @@ class Trainer:
         return x
 
     def server_lr(self, epoch: int) -> float:
-        return scheduled_lr(self.s.learning_rate, epoch, self.s.num_epochs)
+        return scheduled_lr(self.s.learning_rate, epoch, self.s.num_epochs, self.s.milestones)
 
     @torch.no_grad()
     def evaluate(self, loader: BatchLoader) -> float:

@@ -7,8 +7,8 @@ set -f  # sweep lists and --extra are split into words; never glob-expand them
 # --quick: a small CEM-vs-no-CEM comparison meant to finish in about 10 minutes on a 2-core CPU.
 QUICK_SIGMAS="0.025 0.1"
 QUICK_LAMBDAS="0 16"
-QUICK_EPOCHS=5
-QUICK_ATTACK_EPOCHS=5
+QUICK_EPOCHS=8
+QUICK_ATTACK_EPOCHS=10
 QUICK_LIMIT_TRAIN=2000
 QUICK_LIMIT_TEST=500
 QUICK_FOLDER=./runs/quick
@@ -130,7 +130,8 @@ configure() {
   if [[ $QUICK == 1 ]]; then
     SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
     FOLDER=$QUICK_FOLDER
-    QUICK_EXTRA="--limit_train $QUICK_LIMIT_TRAIN --limit_test $QUICK_LIMIT_TEST"
+    # Constant lr: in a few epochs the paper schedule (scaled) would decay before the model learns.
+    QUICK_EXTRA="--limit_train $QUICK_LIMIT_TRAIN --limit_test $QUICK_LIMIT_TEST --milestones none"
   fi
   case $ds in
     tinyimagenet) ARCH=resnet20 CUTLAYERS=3 BOTTLENECK=None VAR_THRESHOLD=0.0625 ;;

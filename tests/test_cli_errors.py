@@ -39,6 +39,7 @@ CASES = {
     "missing image folder": (["--dataset", "imagefolder:/nonexistent/faces"], "/nonexistent/faces"),
     "bad attack mode": (["--attack_modes", "whenever"], "attack_modes"),
     "zero epochs": (["--num_epochs", "0"], "num_epochs"),
+    "bad lr milestones": (["--milestones", "soon"], "milestones"),
 }
 
 

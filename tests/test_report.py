@@ -36,7 +36,8 @@ def metrics(s, l, status="finished", dataset="cifar10"):
             "train": {"test_acc": acc_of(s, l), "best_val_acc": 85.0, "best_epoch": 230, "epochs_done": 240},
             "attack": {"decoder": {
                 "train_time": {"final": scores(mse_of(s, l)), "best_heldout": scores(0.5), "best_epoch": 3,
-                               "decoder": "res_normN8C64", "epochs": 50, "grid": "images/decoder_train_time.png"},
+                               "decoder": "res_normN8C64", "epochs": 50, "grid": "images/decoder_train_time.png",
+                               "baseline_mean_image": {"mse_mean": 0.06 + s, "ssim_mean": 0.3, "psnr_mean": 12.0}},
                 "infer_time": {"final": scores(0.9), "best_heldout": scores(0.8), "decoder": "res_normN8C64",
                                "epochs": 50}}}}
 
@@ -92,6 +93,7 @@ def test_report_writes_csv_md_png(runs, tmp_path, capsys):
         for cell, l in zip(r[1:], sorted(LAMBDAS)):
             assert cell == f"{acc_of(s, l):.2f} / {mse_of(s, l):.4f} / {0.8 - s:.3f} / {20 - l / 4:.1f}"
     assert "decoder attack (res_normN8C64, 50 epochs), train_time mode, final decoder" in md
+    assert "always guess the attacker's mean image): MSE" in md and "PSNR 12.0 dB" in md
 
     with Image.open(out / "tradeoff.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100

@@ -136,7 +136,7 @@ import argparse, json, os, sys
 p = argparse.ArgumentParser()
 for f in ("arch cutlayer bottleneck_option regularization regularization_strength lambd var_threshold log_entropy "
           "learning_rate num_epochs batch_size attack_epochs gan_AE_type dataset data_root folder filename "
-          "random_seed device limit_train limit_test").split():
+          "random_seed device limit_train limit_test milestones").split():
     p.add_argument("--" + f)
 a = p.parse_args()
 if float(a.lambd) == 8:

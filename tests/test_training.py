@@ -60,6 +60,11 @@ def test_milestones_scale_with_epochs():
     assert model_training.milestones(10) == [2, 5, 8, 9]
     assert model_training.scheduled_lr(0.05, 0, 240) == 0.05
     assert model_training.scheduled_lr(0.05, 120, 240) == pytest.approx(0.05 * 0.04)
+    assert model_training.milestones(8, "none") == []
+    assert model_training.milestones(8, "3,6") == [3, 6]
+    from utils import UserError
+    with pytest.raises(UserError, match="milestones"):
+        model_training.milestones(8, "soon")
 
 
 def _weights(path):

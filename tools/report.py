@@ -21,7 +21,7 @@ import csv
 import sys
 from pathlib import Path
 
-from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, scores, sort_key
+from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
                   "lambd", "var_threshold", "num_epochs", "test_acc"]
@@ -76,6 +76,17 @@ def _attack_desc(runs, attack, mode):
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _baseline_text(runs, attack, mode) -> str:
+    """The constant mean-image guess on the same evaluation images: the floor an attack must beat."""
+    base = [r["attacks"][(attack, mode)].get("baseline_mean_image") for r in runs if (attack, mode) in r["attacks"]]
+    base = [b for b in base if isinstance(b, dict) and b.get("psnr_mean") is not None]
+    if not base:
+        return ""
+    avg = {k: mean([b.get(k) for b in base]) for k in ("mse_mean", "ssim_mean", "psnr_mean")}
+    return (f"Reference, no attack (always guess the attacker's mean image): MSE {_fmt(avg['mse_mean'], '.4f')} / "
+            f"SSIM {_fmt(avg['ssim_mean'], '.3f')} / PSNR {_fmt(avg['psnr_mean'], '.1f')} dB.")
+
+
 def markdown(grouped, attack: str, mode: str, which: str) -> str:
     which_text = "final decoder" if which == "final" else "decoder with the best held-out loss"
     out = []
@@ -87,6 +98,9 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
         for s in sigmas:
             out.append(f"| σ={_g(s)} | " + " | ".join(_cell_text(cells.get((s, l))) for l in lambdas) + " |")
         out.append("")
+        base = _baseline_text(runs, attack, mode)
+        if base:
+            out.append(base + "\n")
         out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {attack} attack"
                    f"{_attack_desc(runs, attack, mode)}, {mode} mode, {which_text}, means over the "
                    f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
