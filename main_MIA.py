@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "None disables (default: %(default)s)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="cifar10",
-                   help="cifar10, cifar100, facescrub, tinyimagenet, digits, npz:<file>[,<test file>], "
+                   help="cifar10, cifar100, facescrub, tinyimagenet, digits, npz:<file>[,<test file> or test fraction], "
                         "imagefolder:<dir> (default: %(default)s)")
     d.add_argument("--data_root", default="./data", help="folder holding the datasets (default: %(default)s)")
     d.add_argument("--select_on", default="val", choices=["val", "test"],

@@ -61,21 +61,34 @@ def _finish(train: TensorSplit, test: TensorSplit, names, source: str, num_class
     return RawData(train, test, num_classes, class_names_or_none(names, num_classes))
 
 
-def _held_out_test(split: TensorSplit, source: str) -> tuple[TensorSplit, TensorSplit]:
-    return split_fraction(split, TEST_FRACTION, generator(TEST_SPLIT_SEED, "test-split"), f"a test split of {source}")
+def _held_out_test(split: TensorSplit, source: str, fraction: float = TEST_FRACTION) -> tuple[TensorSplit, TensorSplit]:
+    return split_fraction(split, fraction, generator(TEST_SPLIT_SEED, "test-split"), f"a test split of {source}")
+
+
+def _as_fraction(text: str) -> Optional[float]:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def load_npz(spec: str, data_root) -> RawData:
     parts = [s.strip() for s in spec.split(",")]
     if len(parts) not in (1, 2) or not all(parts):
-        raise UserError(f"bad dataset 'npz:{spec}'; use npz:<file> or npz:<train_file>,<test_file>")
+        raise UserError(f"bad dataset 'npz:{spec}'; use npz:<file>, npz:<file>,<test fraction> or "
+                        "npz:<train_file>,<test_file>")
+    fraction = _as_fraction(parts[1]) if len(parts) == 2 else TEST_FRACTION
+    if len(parts) == 2 and fraction is not None:
+        if not 0 < fraction < 1:
+            raise UserError(f"bad test fraction {parts[1]} in 'npz:{spec}'; use a number between 0 and 1, e.g. 0.2")
+        parts = parts[:1]
     paths = [resolve_path(p, data_root, "npz file") for p in parts]
     for p in paths:
         if not p.is_file():
             raise UserError(f"npz file '{p}' is a folder, not a file; name the .npz file itself")
     if len(paths) == 1:
         split, names = read_npz(paths[0])
-        train, test = _held_out_test(split, str(paths[0]))
+        train, test = _held_out_test(split, str(paths[0]), fraction)
     else:
         (train, names), (test, test_names) = read_npz(paths[0]), read_npz(paths[1])
         names = names or test_names

@@ -78,6 +78,10 @@ def test_single_npz_holds_out_fixed_test():
     b = load_dataset(f"npz:{TRAIN_NPZ}", None, seed=1)
     assert len(a.test) == 800 and len(a.train) + len(a.val) == 3200
     assert torch.equal(a.test.x, b.test.x)
+    c = load_dataset(f"npz:{TRAIN_NPZ},0.25", None, seed=0)
+    assert len(c.test) == 1000 and len(c.train) + len(c.val) == 3000
+    with pytest.raises(UserError, match="between 0 and 1"):
+        load_dataset(f"npz:{TRAIN_NPZ},1.5", None)
 
 
 def test_digits():
