@@ -8,13 +8,7 @@ from architectures import (ARCHITECTURES, BottleneckSpec, build_split_model, max
 from utils import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tiny forwards are dominated by thread start-up and contention on shared CI cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module: nn.Module) -> int:

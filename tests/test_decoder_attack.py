@@ -20,13 +20,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 DATA_ROOT = Path(os.environ.get("CEM_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: intra-op threads only add overhead (10x slower on a busy 2-core box).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass
