@@ -44,11 +44,22 @@ def _holdout(split, seed: int):
     return _take(split, perm[n_held:].sort().values), _take(split, perm[:n_held].sort().values)
 
 
+def _round_robin(y: torch.Tensor) -> torch.Tensor:
+    """Order indices class by class in turn (c0, c1, ..., c0, c1, ...) so the first images, the ones
+    shown in the reconstruction grid, span the classes instead of showing only the first class."""
+    rank = torch.zeros_like(y)
+    for c in torch.unique(y).tolist():
+        members = y == c
+        rank[members] = torch.arange(int(members.sum()))
+    return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)
+
+
 def attacker_splits(bundle, mode: str, seed: int):
     """(fit, heldout, evals) TensorSplits for the attack `mode`.
 
     train_time: the attacker holds the defender's training images (bundle.train); 10% of them
-      (seeded) are held out to pick the best decoder; scoring is on bundle.test.
+      (seeded) are held out to pick the best decoder; scoring is on all of bundle.test (reordered
+      round-robin over classes, like infer_time's eval images).
     infer_time: the test set is shuffled within each class (seeded); per class the first 90% go to
       the attacker (10% of those held out), the last 10% are scored. Every class with >= 2 images
       gives at least one eval image. Eval images are ordered round-robin over classes so the first
@@ -58,7 +69,7 @@ def attacker_splits(bundle, mode: str, seed: int):
         raise UserError(f"unknown attack mode '{mode}'; choose one of {', '.join(ATTACK_MODES)}")
     if mode == "train_time":
         fit, heldout = _holdout(bundle.train, seed)
-        return fit, heldout, bundle.test
+        return fit, heldout, _take(bundle.test, _round_robin(bundle.test.y.cpu()))
 
     test = bundle.test
     y = test.y.cpu()

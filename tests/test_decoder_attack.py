@@ -92,11 +92,14 @@ def test_decoder_needs_image_like_features():
 
 # --- attacker data ----------------------------------------------------------------------------------
 def test_train_time_splits():
-    bundle = SimpleNamespace(train=id_images(500, 10), test=id_images(120, 10), num_classes=10, image_size=8)
+    test = id_images(120, 10)
+    test = Split(x=test.x, y=torch.sort(test.y).values)  # stored class by class, like many test sets
+    bundle = SimpleNamespace(train=id_images(500, 10), test=test, num_classes=10, image_size=8)
     fit, held, ev = attacker_splits(bundle, "train_time", seed=0)
     assert (len(fit), len(held), len(ev)) == (450, 50, 120)
     assert ids(fit).isdisjoint(ids(held)) and ids(fit) | ids(held) == set(range(500))
-    assert ev is bundle.test
+    assert ids(ev) == ids(bundle.test)  # all test images are scored
+    assert len(set(ev.y[:10].tolist())) == 10  # the grid's first images span the classes
     fit2, held2, _ = attacker_splits(bundle, "train_time", seed=0)
     assert ids(held2) == ids(held)
     _, held3, _ = attacker_splits(bundle, "train_time", seed=1)
