@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 
@@ -15,11 +16,13 @@ def _pad_rows(t: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat([t, blank])
 
 
-def save_grid(originals: torch.Tensor, recons: torch.Tensor, path, nrow: int = 16) -> Path:
+def save_grid(originals: torch.Tensor, recons: torch.Tensor, path, nrow: int = 16, min_tile: int = 96) -> Path:
     """Write a PNG: the originals' row(s) above the reconstructions' row(s), same column order.
 
     Inputs are [0,1] batches (N, C, H, W). When N is not a multiple of the row length, both halves
-    are padded with white tiles so each reconstruction sits exactly below its original.
+    are padded with white tiles so each reconstruction sits exactly below its original. Small images
+    are enlarged by an integer factor (nearest neighbour, so no detail is invented) until a tile is at
+    least `min_tile` pixels wide: 32-pixel tiles are too small to judge on screen.
     """
     if originals.shape != recons.shape or originals.dim() != 4 or originals.shape[0] == 0:
         raise ValueError(f"save_grid needs two equal non-empty (N,C,H,W) batches, "
@@ -30,6 +33,9 @@ def save_grid(originals: torch.Tensor, recons: torch.Tensor, path, nrow: int = 1
     per_row = max(1, min(nrow, n))
     total = math.ceil(n / per_row) * per_row
     tiles = torch.cat([_pad_rows(originals, total), _pad_rows(recons, total)])
+    factor = max(1, -(-min_tile // tiles.shape[-1]))
+    if factor > 1:
+        tiles = F.interpolate(tiles, scale_factor=factor, mode="nearest")
     grid = make_grid(tiles, nrow=per_row, padding=2, pad_value=1.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -173,17 +173,19 @@ def test_attack_returns_metrics_grid_and_restores_encoder(tmp_path):
     assert set(res.summary()) >= {"final", "best_heldout", "best_epoch", "n_fit", "decoder", "epochs"}
 
     from PIL import Image
-    path = save_grid(res.grid_originals, res.grid_recons, tmp_path / "sub" / "grid.png")
+    path = save_grid(res.grid_originals, res.grid_recons, tmp_path / "sub" / "grid.png", min_tile=1)
     with Image.open(path) as im:
         assert im.size == (16 * 18 + 2, 2 * 18 + 2)
+    with Image.open(save_grid(res.grid_originals, res.grid_recons, tmp_path / "big.png")) as im:
+        assert im.size == (16 * 98 + 2, 2 * 98 + 2)  # 16-px tiles enlarged 6x to 96 px by default
 
 
 def test_grid_with_fewer_images_than_a_row(tmp_path):
     from PIL import Image
     x = torch.rand(5, 3, 8, 8)
-    with Image.open(save_grid(x, x, tmp_path / "g.png", nrow=16)) as im:
+    with Image.open(save_grid(x, x, tmp_path / "g.png", nrow=16, min_tile=1)) as im:
         assert im.size == (5 * 10 + 2, 2 * 10 + 2)
-    with Image.open(save_grid(x, x, tmp_path / "h.png", nrow=2)) as im:
+    with Image.open(save_grid(x, x, tmp_path / "h.png", nrow=2, min_tile=1)) as im:
         assert im.size == (2 * 10 + 2, 6 * 10 + 2)  # 3 rows of originals above 3 of reconstructions
 
 
