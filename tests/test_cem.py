@@ -152,7 +152,7 @@ def test_cem_defence_loss_needs_state_then_refreshes():
     cem.refresh(z, y)
     zq = z[:16].clone().requires_grad_(True)
     loss = cem.encoder_loss(zq, None, y[:16], lr=0.05)
-    assert loss is not None and float(loss) > 0
+    assert loss is not None and float(loss.detach()) > 0
     st = cem.state_dict()
     other = CEM(lambd=16, sigma=0.05, var_threshold=0.125, num_classes=3, n_train=90, k=2, lr_coupling="none")
     other.load_state_dict(st)
