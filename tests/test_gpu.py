@@ -5,6 +5,7 @@ import torch
 from defenses.cem import cem_batch_loss, fit_class_kmeans
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU = torch.device("cuda")  # this file tests CUDA-only behaviour on purpose
 
 
 def test_cem_loss_and_kmeans_agree_between_cpu_and_cuda():
@@ -12,13 +13,13 @@ def test_cem_loss_and_kmeans_agree_between_cpu_and_cuda():
     z = torch.rand(2000, 512, generator=g)
     y = torch.randint(0, 10, (2000,), generator=g)
     cpu = fit_class_kmeans(z, y, 10, 5, generator=torch.Generator().manual_seed(1))
-    gpu = fit_class_kmeans(z.cuda(), y.cuda(), 10, 5, init=cpu[0].cuda())
+    gpu = fit_class_kmeans(z.to(GPU), y.to(GPU), 10, 5, init=cpu[0].to(GPU))
     assert all(t.device.type == "cuda" for t in gpu)
     assert torch.allclose(gpu[0].cpu(), cpu[0], atol=1e-4)  # warm start from the CPU fit is a fixed point
     zb = z[:128].clone().requires_grad_(True)
-    zg = z[:128].cuda().requires_grad_(True)
+    zg = z[:128].to(GPU).requires_grad_(True)
     lc = cem_batch_loss(zb, y[:128], *cpu, 0.05, 0.125, 2000)
-    lg = cem_batch_loss(zg, y[:128].cuda(), *[t.cuda() for t in cpu], 0.05, 0.125, 2000)
+    lg = cem_batch_loss(zg, y[:128].to(GPU), *[t.to(GPU) for t in cpu], 0.05, 0.125, 2000)
     lc.backward()
     lg.backward()
     assert torch.allclose(lc, lg.cpu(), atol=1e-5)
@@ -29,8 +30,8 @@ def test_compiled_cem_loss_matches_eager():
     from defenses.cem import prepare_state, prepared_loss
 
     g = torch.Generator().manual_seed(2)
-    z = torch.rand(1000, 512, generator=g).cuda()
-    y = torch.randint(0, 10, (1000,), generator=g).cuda()
+    z = torch.rand(1000, 512, generator=g).to(GPU)
+    y = torch.randint(0, 10, (1000,), generator=g).to(GPU)
     state = fit_class_kmeans(z, y, 10, 5, generator=torch.Generator().manual_seed(0))
     out = []
     for use_compile in (False, True):
