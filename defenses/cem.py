@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from defenses.base import Defense
 from defenses.cem_kmeans import fit_class_kmeans, mixture_logdet  # noqa: F401 (part of this module's API)
