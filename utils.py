@@ -7,7 +7,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -121,13 +121,6 @@ def normalize(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x01 - _stats(x01, mean)) / _stats(x01, std)
 
 
-def to_unit(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalised images -> [0,1] for metrics and pictures."""
-    return (x * _stats(x, std) + _stats(x, mean)).clamp(0.0, 1.0)
-
-
-def uint8_to_unit(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0)
 
 
 def check_writable_dir(path: str | Path, flag: str = "--folder") -> Path:
@@ -145,8 +138,3 @@ def check_writable_dir(path: str | Path, flag: str = "--folder") -> Path:
 def fmt_num(x: float) -> str:
     """Compact, filename-safe number: 0.05 -> '0.05', 16.0 -> '16'."""
     return f"{x:g}"
-
-
-def chunks(n: int, size: int) -> Iterable[slice]:
-    for s in range(0, n, size):
-        yield slice(s, min(s + size, n))

@@ -1,9 +1,13 @@
+import os
 import pathlib
 import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# The small real image sets beside the checkout (see ../shared/data/README.md); tests that need them skip.
+SHARED_DATA = pathlib.Path(os.environ.get("CEM_DATA_ROOT", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 import torch
 from PIL import Image
 
@@ -14,7 +15,7 @@ from datasets.augment import DEFAULT_POLICY, apply_thetas, sample_thetas
 from utils import UserError, normalize
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("CEM_DATA_ROOT", REPO.parent / "shared" / "data"))
+DATA_ROOT = SHARED_DATA
 SUBSET = DATA_ROOT / "cifar10_subset"
 TRAIN_NPZ, TEST_NPZ = SUBSET / "train_4000.npz", SUBSET / "test_1000.npz"
 needs_data = pytest.mark.skipif(not TRAIN_NPZ.is_file() or not TEST_NPZ.is_file(),

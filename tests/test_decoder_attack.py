@@ -1,11 +1,10 @@
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from attacks.metrics import per_image_metrics, summarize
 from utils import UserError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-DATA_ROOT = Path(os.environ.get("CEM_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DATA_ROOT = SHARED_DATA
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

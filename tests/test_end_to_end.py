@@ -1,17 +1,17 @@
 """Train, attack, re-attack and report through the real entry points."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
 import main_MIA
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("CEM_DATA_ROOT", ROOT.parent / "shared" / "data"))
+DATA_ROOT = SHARED_DATA
 
 
 def _check_attack_block(block, modes):
