@@ -1,0 +1,343 @@
+"""Run a sweep's jobs (one command per configuration) concurrently here, or on a Slurm cluster.
+
+    python -m tools.sweep JOBS_FILE [--executor local|slurm] [--gpus 0,1] [--jobs-per-gpu N] [--jobs N]
+                          [--slurm_* ...] [--skipped N] [--dry-run]
+
+run_exp.sh lists the configurations that still need running (finished ones are skipped there, killed
+ones get --resume) in JOBS_FILE and hands them here; run_gan_attack.py --sweep builds its jobs in Python
+and calls `execute`. Each job is an independent command that appends its output to its own log, so a
+job can run anywhere, in any order, next to any other job.
+
+local: one slot per (visible GPU × --jobs-per-gpu), each job pinned to its GPU with CUDA_VISIBLE_DEVICES;
+       without a GPU, --jobs N processes (CPU threads split between them). One slot streams the job's
+       output to the terminal as before; several print one line when a job starts and one when it ends.
+slurm: through submitit (tools/sweep_slurm.py), one array task per job.
+SIGINT/SIGTERM are forwarded once to every running job (which checkpoints and exits resumable); jobs
+not yet started are not started; the summary lists done / failed / interrupted jobs with their logs.
+Exit status: 0 all done, 1 some failed, 130 interrupted, 2 bad options.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+REPEAT_S = 2.0  # a terminal Ctrl-C reaches us twice (directly and via run_exp.sh): forward it once
+
+
+class UserError(Exception):
+    """utils.UserError's contract (one `error:` line, exit 2) without importing torch for a dry run."""
+
+
+@dataclass
+class Job:
+    name: str
+    cmd: list
+    log: str
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    job: Job
+    status: str  # done, failed, interrupted, not started
+    rc: Optional[int] = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def read_jobs(path) -> list:
+    """JOBS_FILE as run_exp.sh writes it: per job the NUL-terminated fields name, log, argc, argv..."""
+    fields = [os.fsdecode(f) for f in Path(path).read_bytes().split(b"\0")]
+    if fields and fields[-1] == "":
+        fields.pop()
+    jobs, i = [], 0
+    while i < len(fields):
+        try:
+            name, log, argc = fields[i], fields[i + 1], int(fields[i + 2])
+        except (IndexError, ValueError):
+            raise UserError(f"{path} is not a jobs file (name, log, argc, argv... separated by NUL bytes)") from None
+        cmd = fields[i + 3:i + 3 + argc]
+        if len(cmd) != argc or argc == 0:
+            raise UserError(f"{path}: job '{name}' is truncated")
+        jobs.append(Job(name, cmd, log))
+        i += 3 + argc
+    return jobs
+
+
+def run_job(job: Job, env: Optional[dict] = None, tee: bool = False, new_session: bool = False,
+            started: Optional[Callable] = None) -> int:
+    """Runs one job with its output appended to job.log (and copied to stdout with tee); returns the
+    exit status (negative: killed by that signal). This is also what a Slurm task runs."""
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **job.env, **(env or {})}
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}\n{shlex.join(job.cmd)}\n".encode()
+    with open(job.log, "ab") as log:
+        log.write(header)
+        log.flush()
+        if tee:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(header)
+        try:
+            proc = subprocess.Popen(job.cmd, stdout=subprocess.PIPE if tee else log, stderr=subprocess.STDOUT,
+                                    env=full_env, start_new_session=new_session)
+        except OSError as e:
+            log.write(f"cannot start: {e}\n".encode())
+            return 127
+        if started:
+            started(proc)
+        if tee:
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                log.write(chunk)
+                log.flush()
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def visible_gpus() -> list:
+    """GPU ids to pin jobs to: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists (no torch import)."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = [g.strip() for g in cvd.split(",") if g.strip()]
+        return [] if not ids or ids[0].startswith("-") else ids
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+def plan_slots(gpus: Optional[str], jobs_per_gpu: Optional[int], jobs: Optional[int]) -> list:
+    """One entry per concurrent job: a GPU id to pin it to, or None for a CPU process."""
+    for flag, n in (("--jobs-per-gpu", jobs_per_gpu), ("--jobs", jobs)):
+        if n is not None and n < 1:
+            raise UserError(f"{flag} must be >= 1 (got {n})")
+    if gpus is not None:
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not ids:
+            raise UserError(f"--gpus '{gpus}' names no GPU; give a comma list such as 0,1")
+    else:
+        ids = visible_gpus()
+    if not ids:
+        if jobs_per_gpu is not None:
+            raise UserError("--jobs-per-gpu needs a GPU and none is visible (nvidia-smi, CUDA_VISIBLE_DEVICES); "
+                            "on a CPU-only machine use --jobs N")
+        return [None] * (jobs or 1)
+    if jobs is not None:  # a total, spread round-robin over the GPUs
+        return [ids[i % len(ids)] for i in range(jobs)]
+    return [g for _ in range(jobs_per_gpu or 1) for g in ids]
+
+
+def check_pinning(jobs: list, slots: list) -> None:
+    if not any(s is not None for s in slots):
+        return
+    for job in jobs:
+        for flag, value in zip(job.cmd, job.cmd[1:]):
+            if flag == "--device" and value.startswith("cuda:") and value != "cuda:0":
+                raise UserError(f"--device {value} cannot be combined with pinning each job to one GPU (each job "
+                                "sees only its own GPU, as cuda:0); use --device auto and choose GPUs with --gpus")
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class SignalForwarder:
+    """While active, SIGINT/SIGTERM are forwarded to `forward(signum)` (once per burst) and remembered."""
+
+    def __init__(self, forward: Callable[[int], None]):
+        self.forward = forward
+        self.received: Optional[int] = None
+        self._last = 0.0
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        first = self.received is None
+        self.received = signum
+        now = time.monotonic()
+        if now - self._last < REPEAT_S:
+            return
+        self._last = now
+        name = signal.Signals(signum).name
+        print(f"\nsweep: {name} received: passing it to the running jobs (they save a checkpoint and stop)"
+              + ("; no new job starts" if first else ""), file=sys.stderr, flush=True)
+        self.forward(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class LocalExecutor:
+    def __init__(self, slots: list, out=None):
+        self.slots = slots
+        self.tee = len(slots) == 1
+        self.out = out or sys.stdout
+        self.env = {}
+        if len(slots) > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # N processes each using every core would only slow each other down.
+            n = str(max(1, (os.cpu_count() or 1) // len(slots)))
+            self.env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+        self._lock = threading.Lock()
+        self._running = {}
+        self._stop = None
+
+    def _say(self, msg: str) -> None:
+        with self._lock:
+            print(msg, file=self.out, flush=True)
+
+    def _forward(self, signum: int) -> None:
+        with self._lock:
+            self._stop = signum
+            procs = list(self._running.values())
+        for p in procs:
+            try:
+                os.killpg(p.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def run(self, jobs: list) -> list:
+        pending = list(enumerate(jobs, 1))
+        results = [Result(j, "not started") for j in jobs]
+        n = len(jobs)
+
+        def worker(slot):
+            env = dict(self.env)
+            if slot is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot
+            where = "" if slot is None else f" on GPU {slot}"
+            while True:
+                with self._lock:
+                    if self._stop is not None or not pending:
+                        return
+                    i, job = pending.pop(0)
+
+                def started(proc, i=i):
+                    with self._lock:
+                        self._running[i] = proc
+                        stop = self._stop
+                    if stop is not None:  # the signal came while this job was starting
+                        self._forward(stop)
+
+                self._say(f"[{i}/{n}] start  {job.name}{where}  (log: {job.log})")
+                t0 = time.monotonic()
+                rc = run_job(job, env, tee=self.tee, new_session=True, started=started)
+                with self._lock:
+                    self._running.pop(i, None)
+                    stopped = self._stop is not None
+                r = results[i - 1]
+                r.rc, r.seconds = rc, time.monotonic() - t0
+                r.status = "done" if rc == 0 else "interrupted" if stopped else "failed"
+                tail = "" if rc == 0 else f" (exit {rc}; log: {job.log})"
+                self._say(f"[{i}/{n}] {r.status:<6} {job.name}  {fmt_seconds(r.seconds)}{tail}")
+
+        with SignalForwarder(self._forward):
+            threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in self.slots[:max(n, 1)]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)  # short joins keep the main thread free to take signals
+        return results
+
+
+def summarize(results: list, skipped: int, out=None) -> int:
+    """Prints the summary; returns the exit status (130 interrupted, 1 some failed, else 0)."""
+    out = out or sys.stdout
+    count = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "not started")}
+    line = f"Summary: {count['done']} done, {skipped} skipped (already finished), {count['failed']} failed"
+    if count["interrupted"] or count["not started"]:
+        line += f", {count['interrupted']} interrupted, {count['not started']} not started"
+    print("\n" + line, file=out)
+    for r in results:
+        if r.status in ("failed", "interrupted"):
+            print(f"  {r.status}: {r.job.name} ({r.note or f'exit {r.rc}'}, log {r.job.log})", file=out)
+    if count["interrupted"] or count["not started"]:
+        print("  rerun the same command to resume: finished runs are skipped, interrupted ones resume", file=out)
+        return 130
+    return 1 if count["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UserError(f"{message} (see bash run_exp.sh --help)")
+
+    p = Parser(prog="python -m tools.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("jobs_file")
+    p.add_argument("--executor", default="local", choices=["local", "slurm"])
+    p.add_argument("--gpus", default=None, help="comma list of GPU ids (default: all visible)")
+    p.add_argument("--jobs-per-gpu", "--jobs_per_gpu", dest="jobs_per_gpu", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None, help="concurrent jobs in all (CPU: processes)")
+    p.add_argument("--skipped", type=int, default=0, help="finished configurations skipped by the caller")
+    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
+    from tools.sweep_slurm import add_slurm_flags
+
+    add_slurm_flags(p)
+    return p
+
+
+def execute(jobs: list, args, skipped: int = 0, out=None) -> int:
+    """Runs `jobs` with the executor `args` chooses (parsed by build_parser); returns the exit status."""
+    out = out or sys.stdout
+    if args.executor == "slurm":
+        from tools.sweep_slurm import run_slurm
+
+        results = run_slurm(jobs, args, out)
+    else:
+        slots = plan_slots(args.gpus, args.jobs_per_gpu, args.jobs)
+        check_pinning(jobs, slots)
+        results = LocalExecutor(slots, out).run(jobs)
+    return summarize(results, skipped, out)
+
+
+def describe(jobs: list, args) -> str:
+    """What a real run would do with these jobs (the dry run prints it)."""
+    if args.executor == "slurm":
+        from tools.sweep_slurm import describe_slurm
+
+        return describe_slurm(jobs, args)
+    slots = plan_slots(args.gpus, args.jobs_per_gpu, args.jobs)
+    check_pinning(jobs, slots)
+    if slots[0] is None:
+        return f"executor local: {len(slots)} concurrent CPU process(es)"
+    per = {g: slots.count(g) for g in dict.fromkeys(slots)}
+    return "executor local: " + ", ".join(f"GPU {g} × {k}" for g, k in per.items()) + " concurrent jobs"
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        jobs = read_jobs(args.jobs_file)
+        if args.dry_run:
+            print(describe(jobs, args), file=sys.stderr)
+            return 0
+        return execute(jobs, args, args.skipped)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    # Run the importable copy, so that classes and exceptions are the ones tools.sweep_slurm uses and
+    # submitit pickles (tools.sweep.Job, not __main__.Job).
+    from tools import sweep
+
+    sys.exit(sweep.main())
