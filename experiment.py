@@ -21,7 +21,8 @@ ATTACK_MODES = ("train_time", "infer_time")
 TRAINING_KEYS = ("arch", "cutlayer", "batch_size", "num_epochs", "learning_rate", "local_lr", "dataset",
                  "regularization", "regularization_strength", "lambd", "var_threshold", "log_entropy",
                  "bottleneck_option", "random_seed", "select_on", "cem_lr_coupling", "limit_train", "limit_test",
-                 "milestones")
+                 "milestones", "AT_regularization", "AT_regularization_strength", "adv_AE_type",
+                 "gan_pretrain_epochs", "gan_loss_type", "ssim_threshold")
 
 
 def default_filename(cfg: dict) -> str:
@@ -35,6 +36,9 @@ def default_filename(cfg: dict) -> str:
              f"lambd{fmt_num(cfg['lambd'])}"]
     if cfg["lambd"] > 0:
         parts.append(f"tau{fmt_num(cfg['var_threshold'])}" + ("log" if int(cfg["log_entropy"]) else "lin"))
+    at = str(cfg.get("AT_regularization") or "None")
+    if at.lower() != "none" and float(cfg.get("AT_regularization_strength") or 0) > 0:
+        parts.append(f"{at}-s{fmt_num(float(cfg['AT_regularization_strength']))}")
     parts += [f"ep{cfg['num_epochs']}", f"lr{fmt_num(cfg['learning_rate'])}", f"seed{cfg['random_seed']}"]
     if cfg.get("limit_train"):
         parts.append(f"n{cfg['limit_train']}")
@@ -68,6 +72,13 @@ def validate(cfg: dict) -> None:
     if cfg.get("select_on") not in ("val", "test"):
         raise UserError("--select_on must be 'val' (held-out 10% of train) or 'test' (the paper code)")
     parse_modes(cfg["attack_modes"])
+    from defenses.at_options import at_options
+
+    at_options(cfg, warn=False)  # a bad --AT_regularization fails before any data is loaded
+    if int(cfg.get("gan_pretrain_epochs", 0)) < 0:
+        raise UserError(f"--gan_pretrain_epochs must be >= 0 (got {cfg['gan_pretrain_epochs']})")
+    if not -1.0 <= float(cfg.get("ssim_threshold", 0.5)) <= 1.0:
+        raise UserError(f"--ssim_threshold is an SSIM level in [-1, 1] (got {cfg['ssim_threshold']})")
 
 
 class Run:
@@ -112,7 +123,8 @@ def _load_everything(cfg: dict, device):
                               cfg["bottleneck_option"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
+        defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train), feature_shape=tuple(model.feature_shape),
+                                  image_size=bundle.image_size, mean=bundle.mean, std=bundle.std)
     return bundle, model.to(device), defenses, [str(w.message) for w in caught]
 
 

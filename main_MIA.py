@@ -70,8 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cem_lr_coupling", default="paper", choices=["paper", "none"],
                    help="paper: lambda_eff = lambda*min(1, 0.001/lr) as the paper code's two-pass update; "
                         "none: lambda as given (default: %(default)s)")
-    f.add_argument("--AT_regularization", default="None", help="adversarial training (not available yet): None")
-    f.add_argument("--AT_regularization_strength", type=float, default=0.0, help="adversarial training weight")
+    f.add_argument("--AT_regularization", default="None",
+                   help="the paper's extra defences, joined by '_': gan_adv[_stepN] (attacker-aware training, N "
+                        "defender-decoder steps per batch), dropoutP (zero each sent element with probability P, "
+                        "no rescale), topkpruneP (zero the fraction P of smallest entries per sample), local_dp / "
+                        "local_dp_gaussian (noise for epsilon = strength), nopeek (distance correlation), pruningE "
+                        "(PATROL at epoch E); e.g. gan_adv_step1_pruning180 (default: %(default)s)")
+    f.add_argument("--AT_regularization_strength", type=float, default=0.0,
+                   help="weight of gan_adv and nopeek, epsilon of local_dp; 0 disables every "
+                        "--AT_regularization option, as in the paper code (default: %(default)s)")
+    f.add_argument("--adv_AE_type", default="res_normN4C64",
+                   help="gan_adv: the defender's own decoder (distinct from --gan_AE_type, the attack's) "
+                        "(default: %(default)s)")
+    f.add_argument("--gan_pretrain_epochs", type=int, default=30,
+                   help="gan_adv: epochs pre-training the defender decoder on the training split "
+                        "(default: %(default)s, the paper's)")
+    f.add_argument("--gan_loss_type", default="SSIM", choices=["SSIM", "MSE"],
+                   help="gan_adv: defender decoder loss -SSIM (encoder penalty on SSIM above --ssim_threshold) "
+                        "or MSE (encoder penalty -strength*MSE) (default: %(default)s)")
+    f.add_argument("--ssim_threshold", type=float, default=0.5,
+                   help="gan_adv with SSIM: the encoder is penalised only for SSIM above this (default: %(default)s)")
     a = p.add_argument_group("attack")
     a.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
     a.add_argument("--gan_AE_type", default="res_normN8C64",

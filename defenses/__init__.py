@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import warnings
 
+from defenses import nopeek, obfuscation  # noqa: F401 (register their --AT_regularization builders)
+from defenses.at_options import ATOptions, at_options, parse_at_options
 from defenses.base import Defense, DefenseStack
 from defenses.cem import CEM, cem_batch_loss, fit_class_kmeans, lambda_eff
 from defenses.noise import GaussianNoise
+from defenses.registry import AT_BUILDERS, BuildContext, register_at
 from utils import UserError
 
 __all__ = ["Defense", "DefenseStack", "CEM", "GaussianNoise", "build_defenses", "cem_batch_loss",
-           "fit_class_kmeans", "lambda_eff", "cem_clusters"]
+           "fit_class_kmeans", "lambda_eff", "cem_clusters", "ATOptions", "at_options", "parse_at_options",
+           "AT_BUILDERS", "BuildContext", "register_at"]
 
 
 def cem_clusters(arch: str) -> int:
@@ -17,8 +21,13 @@ def cem_clusters(arch: str) -> int:
     return 5 if (arch.endswith("_sgm") or arch == "resnet20") else 15
 
 
-def build_defenses(cfg: dict, num_classes: int, n_train: int) -> DefenseStack:
-    """Builds the defence stack from a run config (the argparse namespace as a dict)."""
+def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> DefenseStack:
+    """Builds the defence stack from a run config (the argparse namespace as a dict).
+
+    Order: Gaussian noise, then the --AT_regularization options in pipeline order (dropout, top-k,
+    local DP obfuscate after the noise; nopeek / gan_adv / pruning only add encoder losses or act
+    on the trainer), then CEM. `context` fills `BuildContext` (feature_shape, image_size, mean, std).
+    """
     reg = str(cfg.get("regularization") or "None")
     sigma = float(cfg.get("regularization_strength") or 0.0)
     lambd = float(cfg.get("lambd") or 0.0)
@@ -28,9 +37,7 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int) -> DefenseStack:
         raise UserError(f"--lambd must be >= 0 (got {lambd})")
     if float(cfg.get("var_threshold", 0.125)) <= 0:
         raise UserError("--var_threshold must be > 0 (the paper uses 0.125; 0.0625 for TinyImageNet)")
-    at = str(cfg.get("AT_regularization") or "None")
-    if at.lower() not in ("none", ""):
-        raise UserError(f"--AT_regularization '{at}' is not available in this version yet; use None")
+    at = at_options(cfg)
 
     stack = []
     if reg.lower().startswith("gaussian"):
@@ -41,6 +48,10 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int) -> DefenseStack:
         sigma = 0.0
     else:
         raise UserError(f"unknown --regularization '{reg}'; choose Gaussian_kl (noise + optional CEM) or None")
+
+    ctx = BuildContext(cfg=cfg, num_classes=num_classes, n_train=n_train, **context)
+    for name in at.enabled():
+        stack.append(AT_BUILDERS[name](at, ctx))
 
     if lambd > 0:
         if sigma == 0:

@@ -1,0 +1,45 @@
+"""Registry of the `--AT_regularization` defences, keyed by option name (see at_options.py).
+
+A builder gets the parsed options and a `BuildContext` and returns one `Defense`. Modules register
+their builder with `@register_at("name")`; `build_defenses` calls them in pipeline order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from utils import UserError
+
+
+@dataclass
+class BuildContext:
+    """What a defence may need to know about the run it is built for."""
+
+    cfg: dict
+    num_classes: int
+    n_train: int
+    feature_shape: Optional[Sequence[int]] = None   # (C, H, W) of the encoder output z
+    image_size: Optional[int] = None
+    mean: Optional[Sequence[float]] = None          # input normalisation, to get [0,1] images back
+    std: Optional[Sequence[float]] = None
+
+
+AT_BUILDERS: dict[str, Callable] = {}
+
+
+def register_at(name: str):
+    def deco(fn):
+        AT_BUILDERS[name] = fn
+        return fn
+    return deco
+
+
+@register_at("gan_adv")
+def _gan_adv_placeholder(opts, ctx):
+    raise UserError("--AT_regularization gan_adv is not available yet in this version; drop the gan_adv part")
+
+
+@register_at("pruning")
+def _pruning_placeholder(opts, ctx):
+    raise UserError(f"--AT_regularization pruning{opts.pruning_epoch} (PATROL) is not available yet in this "
+                    "version; drop the pruningE part of the option")
