@@ -176,6 +176,7 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
     write_json(run.metrics_path, metrics)
 
     from model_training import Trainer, TrainSettings
+    from trained_run import load_weights
 
     settings = TrainSettings(num_epochs=int(cfg["num_epochs"]), learning_rate=float(cfg["learning_rate"]),
                              local_lr=cfg.get("local_lr"), batch_size=int(cfg["batch_size"]),
@@ -191,7 +192,7 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
         run.log(f"stopped after epoch {trainer.epoch}; continue with --resume")
         return metrics
     last_acc = trainer.evaluate(trainer.test_loader)
-    _load_weights(model, run.best_ckpt, device)
+    load_weights(model, run.best_ckpt, device)
     best_acc = trainer.evaluate(trainer.test_loader)
     metrics["train"] = {"test_acc": best_acc, "test_acc_last": last_acc, "selected": "best",
                         "select_on": cfg["select_on"], **summary, "wall_time_s": summary["train_time_s"]}
@@ -206,32 +207,20 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
     return _attack(cfg, run, model, bundle, defenses, device, metrics, progress)
 
 
-def _load_weights(model, path: Path, device) -> int:
-    if not path.exists():
-        raise UserError(f"no trained model at {path}; train the run first (without --attack_only)")
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(ck["model"])
-    return ck.get("epoch", 0)
-
-
 def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
     """Re-attacks a finished run from its checkpoint with the attack flags given now."""
+    from trained_run import load_trained_run, read_run_config
+
     if not run.config_path.exists() or not run.best_ckpt.exists():
         raise UserError(f"--attack_only needs a trained run in {run.dir} (config.json and checkpoints/best.pt); "
                         "check --folder/--filename or train it first")
-    saved = read_json(run.config_path)
-    metrics = run.metrics()
+    _, metrics = read_run_config(run.dir)
     if "train" not in metrics:
         raise UserError(f"{run.dir} has not finished training; finish it with --resume first")
-    merged = dict(saved)
-    for k in ("attack_epochs", "gan_AE_type", "attack_modes", "device", "data_root"):
-        if cfg.get(k) is not None:
-            merged[k] = cfg[k]
-    device = resolve_device(merged.get("device", "auto"))
-    seed_everything(int(merged["random_seed"]))
-    bundle, model, defenses, _ = _load_everything(merged, device)
-    _load_weights(model, run.best_ckpt, device)
-    return _attack(merged, run, model, bundle, defenses, device, metrics, progress)
+    overrides = {k: cfg.get(k) for k in ("attack_epochs", "gan_AE_type", "attack_modes", "device", "data_root")}
+    seed_everything(int(read_json(run.config_path)["random_seed"]))
+    tr = load_trained_run(run.dir, overrides)
+    return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress)
 
 
 def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool) -> dict:
