@@ -79,6 +79,8 @@ def validate(cfg: dict) -> None:
         raise UserError(f"--gan_pretrain_epochs must be >= 0 (got {cfg['gan_pretrain_epochs']})")
     if not -1.0 <= float(cfg.get("ssim_threshold", 0.5)) <= 1.0:
         raise UserError(f"--ssim_threshold is an SSIM level in [-1, 1] (got {cfg['ssim_threshold']})")
+    if str(cfg.get("capture", "auto")) not in ("auto", "on", "off"):
+        raise UserError(f"bad --capture '{cfg.get('capture')}'; choose auto, on or off")
 
 
 class Run:
@@ -182,7 +184,8 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
                              local_lr=cfg.get("local_lr"), batch_size=int(cfg["batch_size"]),
                              seed=int(cfg["random_seed"]), bf16=bool(cfg.get("bf16")),
                              milestones=str(cfg.get("milestones", "paper")),
-                             channels_last=bool(cfg.get("channels_last")))
+                             channels_last=bool(cfg.get("channels_last")),
+                             capture=str(cfg.get("capture", "auto")))
     trainer = Trainer(model, bundle, defenses, device, run.dir, settings, progress=progress, log=run.log)
     if resuming:
         trainer.resume()
@@ -232,7 +235,8 @@ def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progr
     for mode in parse_modes(cfg["attack_modes"]):
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
         attack = DecoderAttack(gan_AE_type=cfg["gan_AE_type"], epochs=int(cfg["attack_epochs"]),
-                               seed=int(cfg["random_seed"]), device=device, progress=progress)
+                               seed=int(cfg["random_seed"]), device=device, progress=progress,
+                               capture=str(cfg.get("capture", "auto")), bf16=bool(cfg.get("bf16")))
         run.log(f"decoder attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {len(evals)}, "
                 f"{cfg['gan_AE_type']}, {cfg['attack_epochs']} epochs")
         res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)

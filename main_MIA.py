@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (faster; not bit-identical)")
     t.add_argument("--no_compile", dest="compile", action="store_false",
                    help="on CUDA, keep the CEM loss in eager mode instead of fusing it with torch.compile")
+    t.add_argument("--capture", default="auto", choices=["auto", "on", "off"],
+                   help="record each training/attack step as a CUDA graph and replay it (much faster at "
+                        "small batches): auto = on for CUDA, off on CPU/MPS (default: %(default)s)")
     t.add_argument("--no_channels_last", dest="channels_last", action="store_false",
                    help="keep NCHW memory format (channels_last is on by default: faster on CPU and CUDA)")
     f = p.add_argument_group("defence")

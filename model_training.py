@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from capture import StepCapture, capture_enabled, params_signature
 from datasets import BatchLoader
 from utils import UserError, append_csv_row, torch_save_atomic, truncate_csv
 
@@ -32,6 +33,7 @@ class TrainSettings:
     milestones: str = "paper"
     bf16: bool = False
     channels_last: bool = True  # faster convs on CPU (mkldnn) and CUDA alike
+    capture: str = "auto"  # whole-step CUDA graphs: auto = on for CUDA, off on CPU/MPS (capture.py)
 
 
 def milestones(num_epochs: int, spec: str = "paper"):
@@ -69,7 +71,8 @@ class Trainer:
         self.opt = torch.optim.SGD(
             [{"params": list(model.encoder.parameters()), "base_lr": enc_lr, "lr": enc_lr},
              {"params": server_params, "base_lr": settings.learning_rate, "lr": settings.learning_rate}],
-            lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay)
+            lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay,
+            **({"fused": True} if device.type == "cuda" else {}))  # one kernel for the whole update
         stats = dict(mean=bundle.mean, std=bundle.std, device=device)
         n_train = len(bundle.train)
         self.train_loader = BatchLoader(bundle.train, settings.batch_size, shuffle=True, augment=True,
@@ -83,11 +86,19 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.best = {"acc": -1.0, "epoch": 0}
         self.elapsed = 0.0
+        captured = capture_enabled(settings.capture, device) and defenses.capturable
+        if captured:
+            torch.backends.cudnn.benchmark = True  # shapes are static under capture
+        self.defenses.set_capture(captured)
+        self.stepper = StepCapture(self._step, captured, log=log)
+        # Running sums of one epoch (loss, correct, CEM term); fixed tensors so a graph can update them.
+        self._sums = torch.zeros(3, device=device)
+        self._step_lr = settings.learning_rate
 
     # ------------------------------------------------------------------ helpers
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
         if self.s.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
         return contextlib.nullcontext()
 
     def _prep(self, x):
@@ -124,6 +135,29 @@ class Trainer:
         return torch.cat(zs), torch.cat(ys)
 
     # ------------------------------------------------------------------ one epoch
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One SGD step; results go into self._sums so a captured graph can replay it as is."""
+        with self._autocast(cache=not self.stepper.enabled):  # graphs need autocast's cache off
+            z = self.model.encoder(self._prep(x))
+            out = self.model.server_forward(self.defenses.obfuscate(z, training=True))
+            loss = F.cross_entropy(out.float(), y)
+        extra = self.defenses.encoder_loss(z.float(), x, y, lr=self._step_lr)
+        total = loss if extra is None else loss + extra
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        n = y.shape[0]
+        self._sums[0] += loss.detach() * n
+        self._sums[1] += (out.detach().argmax(1) == y).sum()
+        if extra is not None:
+            self._sums[2] += extra.detach() * n
+
+    def step_key(self) -> tuple:
+        """Everything a captured step bakes in; a change (lr milestone, CEM switching on, a pruned or
+        rebuilt model or optimizer) makes the stepper capture afresh."""
+        return (self._step_lr, tuple(g["base_lr"] for g in self.opt.param_groups), id(self.opt),
+                params_signature(self.model), self.defenses.capture_key())
+
     def train_epoch(self, epoch: int) -> dict:
         self.model.train()
         loader = self.train_loader
@@ -131,34 +165,26 @@ class Trainer:
         iters = len(loader)
         base_server = self.server_lr(epoch)
         scale = base_server / self.s.learning_rate
-        dev = self.device
-        loss_sum = torch.zeros((), device=dev)
-        cem_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
+        self._step_lr = base_server
+        self._sums.zero_()
+        warmup_epoch = self.s.warmup and epoch == 0
+        key = self.step_key()
         seen = 0
         bar = tqdm(loader, total=iters, desc=f"epoch {epoch + 1}/{self.s.num_epochs}", leave=False,
                    disable=not self.progress, unit="batch")
         for it, (x, y) in enumerate(bar):
-            warm = (it + 1) / iters if (self.s.warmup and epoch == 0) else 1.0
+            warm = (it + 1) / iters if warmup_epoch else 1.0
             for g in self.opt.param_groups:
                 g["lr"] = g["base_lr"] * scale * warm
-            with self._autocast():
-                z = self.model.encoder(self._prep(x))
-                out = self.model.server_forward(self.defenses.obfuscate(z, training=True))
-                loss = F.cross_entropy(out.float(), y)
-            extra = self.defenses.encoder_loss(z.float(), x, y, lr=base_server)
-            total = loss if extra is None else loss + extra
-            self.opt.zero_grad(set_to_none=True)
-            total.backward()
-            self.opt.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (out.detach().argmax(1) == y).sum()
-            if extra is not None:
-                cem_sum += extra.detach() * len(y)
+            if warmup_epoch:  # the lr changes every step: nothing to replay
+                self._step(x, y)
+            else:
+                self.stepper(key, x, y)
             seen += len(y)
         bar.close()
-        return {"lr": base_server, "train_loss": loss_sum.item() / max(seen, 1),
-                "train_acc": 100.0 * correct.item() / max(seen, 1), "cem_term": cem_sum.item() / max(seen, 1)}
+        loss_sum, correct, cem_sum = self._sums.tolist()  # the epoch's one sync
+        return {"lr": base_server, "train_loss": loss_sum / max(seen, 1),
+                "train_acc": 100.0 * correct / max(seen, 1), "cem_term": cem_sum / max(seen, 1)}
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_state(self):

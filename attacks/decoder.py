@@ -6,6 +6,7 @@ fresh randomness every query) and learns a decoder z~ -> x with an MSE loss on [
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from architectures.decoders import build_decoder
 from attacks.base import AttackResult
 from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
+from capture import StepCapture, capture_enabled
 from utils import UserError, normalize
 
 ATTACK_MODES = ("train_time", "infer_time")
@@ -97,7 +99,8 @@ class DecoderAttack:
 
     def __init__(self, gan_AE_type: str = "res_normN8C64", epochs: int = 50, batch_size: int = 256,
                  lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, device=None,
-                 progress: bool = True, min_lr: float = 1e-5, feature_cache_mb: float = 2048):
+                 progress: bool = True, min_lr: float = 1e-5, feature_cache_mb: float = 2048,
+                 capture: str = "auto", bf16: bool = False):
         if epochs < 1 or batch_size < 1:
             raise UserError(f"decoder attack needs epochs >= 1 and batch_size >= 1 "
                             f"(got {epochs}, {batch_size}); fix --attack_epochs / batch size")
@@ -108,6 +111,7 @@ class DecoderAttack:
         self.device = torch.device(device) if device is not None else None
         self.progress = progress
         self.feature_cache_mb = feature_cache_mb
+        self.capture, self.bf16 = capture, bool(bf16)
 
     # --- queries to the device side -------------------------------------------------------------
     def _encode(self, encoder: nn.Module, x_u8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -166,11 +170,27 @@ class DecoderAttack:
             return self._encode(encoder, x_fit[idx], mean, std)
 
         decoder = build_decoder(self.gan_AE_type, feature_shape, image_size, out_channels=x_fit.shape[1]).to(dev)
-        opt = torch.optim.Adam(decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        captured = capture_enabled(self.capture, dev)
+        # capturable: Adam's step counter lives on the device, so a replayed graph can advance it.
+        opt = torch.optim.Adam(decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                               **({"capturable": True} if captured else {}))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=self.min_lr)
         gen = torch.Generator().manual_seed(self.seed)
         mse = nn.MSELoss()
+        loss_sum = torch.zeros((), device=dev)
+        use_bf16 = self.bf16 and dev.type == "cuda"
 
+        def step(z: torch.Tensor, target_u8: torch.Tensor) -> None:
+            with (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not captured) if use_bf16
+                  else contextlib.nullcontext()):
+                rec = decoder(z)
+            loss = mse(rec.float(), target_u8.float().div_(255.0))  # the loss stays fp32
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum.add_(loss.detach() * target_u8.shape[0])
+
+        stepper = StepCapture(step, captured)
         n = x_fit.shape[0]
         best_state, best_mse, best_epoch, history = None, math.inf, self.epochs, []
         bar = tqdm(range(1, self.epochs + 1), desc=f"decoder attack {self.gan_AE_type}",
@@ -178,20 +198,16 @@ class DecoderAttack:
         for epoch in bar:
             decoder.train()
             perm = torch.randperm(n, generator=gen).to(dev)
-            loss_sum = torch.zeros((), device=dev)
+            loss_sum.zero_()
             seen = 0
+            key = opt.param_groups[0]["lr"]  # baked into a captured step; changes once per epoch
             for s in range(0, n, self.batch_size):
                 idx = perm[s:s + self.batch_size]
                 if idx.numel() < 2 and seen > 0:
                     break  # BatchNorm cannot train on a single sample; it is reshuffled next epoch
                 with torch.no_grad():
                     z = obfuscate(features(idx))
-                target = x_fit[idx].float().div_(255.0)
-                loss = mse(decoder(z), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach() * idx.numel()
+                stepper(key, z, x_fit[idx])
                 seen += idx.numel()
             lr_now = opt.param_groups[0]["lr"]
             sched.step()

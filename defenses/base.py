@@ -14,6 +14,19 @@ class Defense:
     """
 
     name = "defense"
+    # Whether a training step using this defence may be recorded as a CUDA graph and replayed
+    # (capture.py). False for a defence that syncs with the host or steps its own optimizer inside
+    # encoder_loss/obfuscate; the trainer then runs every step eagerly.
+    capturable = True
+
+    def capture_key(self):
+        """Hashable summary of whatever a captured step baked in from this defence (which terms
+        exist, which buffers it reads); when it changes, the trainer captures the step afresh.
+        Buffers read inside the step must be updated in place to stay valid between changes."""
+        return None
+
+    def set_capture(self, enabled: bool) -> None:
+        """Told once whether the training step is captured (e.g. to skip compiling small kernels)."""
 
     def obfuscate(self, z: torch.Tensor, training: bool) -> torch.Tensor:
         return z
@@ -42,6 +55,17 @@ class DefenseStack(Defense):
 
     def __init__(self, defenses: Sequence[Defense]):
         self.defenses = list(defenses)
+
+    @property
+    def capturable(self):
+        return all(d.capturable for d in self.defenses)
+
+    def capture_key(self):
+        return tuple(d.capture_key() for d in self.defenses)
+
+    def set_capture(self, enabled):
+        for d in self.defenses:
+            d.set_capture(enabled)
 
     def obfuscate(self, z, training):
         for d in self.defenses:

@@ -107,7 +107,8 @@ class _CEMLoss(torch.autograd.Function):
     def forward(ctx, z, y, st: "PreparedState"):
         args = (z, y, st.mu, st.mu_flat, st.musq, st.usable, st.pi, st.v, st.a_coef, st.floor, st.gamma,
                 st.log_entropy)
-        use_compile = st.compile and z.is_cuda
+        # Inside a CUDA graph the launches the fusion saves are free already: keep plain kernels.
+        use_compile = st.compile and z.is_cuda and not torch.cuda.is_current_stream_capturing()
         try:
             loss, grad = _fused(use_compile)(*args)
         except Exception as e:  # no working compiler toolchain: stay correct, only slower
@@ -182,6 +183,7 @@ class CEM(Defense):
         self.compile = compile  # only ever used on CUDA
         self.state: Optional[dict] = None  # centroids, variances, weights, valid
         self._prepared: Optional[PreparedState] = None
+        self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
         self.refreshes = 0
 
     def encoder_loss(self, z, x, y, lr):
@@ -191,11 +193,31 @@ class CEM(Defense):
 
     def raw_loss(self, z, y):
         if self._prepared is None:
-            s = self.state
-            self._prepared = prepare_state(s["centroids"], s["variances"], s["weights"], s["valid"], self.sigma,
-                                           self.var_threshold, self.n_train, self.log_entropy, self.gamma,
-                                           compile=self.compile)
+            self._prepare()
         return prepared_loss(z, y, self._prepared)
+
+    def _prepare(self) -> None:
+        """Per-refresh constants of the loss; written into the existing tensors when shapes allow, so a
+        captured training step (which holds their addresses) sees the new mixture."""
+        s = self.state
+        new = prepare_state(s["centroids"], s["variances"], s["weights"], s["valid"], self.sigma,
+                            self.var_threshold, self.n_train, self.log_entropy, self.gamma, compile=self.compile)
+        old = self._prepared
+        fields = [f for f, v in vars(new).items() if isinstance(v, torch.Tensor)]
+        if old is not None and all(getattr(old, f).shape == getattr(new, f).shape
+                                   and getattr(old, f).device == getattr(new, f).device for f in fields):
+            for f in fields:
+                getattr(old, f).copy_(getattr(new, f))
+            old.compile = new.compile
+        else:
+            self._prepared = new
+            self._prepared_version += 1
+
+    def capture_key(self):
+        return (self.lambd > 0 and self.state is not None, self._prepared_version)
+
+    def set_capture(self, enabled):
+        self.compile = self.compile and not enabled
 
     def refresh(self, z: torch.Tensor, y: torch.Tensor) -> None:
         gen = torch.Generator().manual_seed(self.seed + self.refreshes)
@@ -203,7 +225,7 @@ class CEM(Defense):
         mu, var, w, valid = fit_class_kmeans(z, y, self.num_classes, self.k, init=init,
                                              iters=self.kmeans_iters, generator=gen)
         self.state = {"centroids": mu, "variances": var, "weights": w, "valid": valid}
-        self._prepared = None
+        self._prepare()
         self.refreshes += 1
 
     def on_epoch_end(self, trainer):

@@ -94,3 +94,80 @@ def test_no_host_device_sync_in_the_training_step(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(loss.detach()).all()
+
+
+def _digits_trainer(tmp_path, capture, **settings):
+    from architectures import build_split_model
+    from datasets import load_dataset
+    from defenses import build_defenses
+    from model_training import Trainer, TrainSettings
+
+    b = load_dataset("digits", str(tmp_path), select_on="test")
+    torch.manual_seed(0)
+    model = build_split_model("vgg11_bn_sgm", 4, b.num_classes, b.image_size, "noRELU_C8S1")
+    d = build_defenses({"regularization": "Gaussian_kl", "regularization_strength": 0.05, "lambd": 16,
+                        "var_threshold": 0.125, "arch": "vgg11_bn_sgm"}, b.num_classes, len(b.train))
+    return Trainer(model, b, d, GPU, tmp_path / capture, TrainSettings(num_epochs=8, capture=capture, **settings),
+                   progress=False)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_captured_training_agrees_with_eager(tmp_path, bf16):
+    logs = {}
+    for mode in ("off", "on"):
+        tr = _digits_trainer(tmp_path, mode, bf16=bf16)
+        logs[mode] = []
+        for e in range(4):
+            torch.manual_seed(e)
+            torch.cuda.manual_seed(e)
+            logs[mode].append(tr.train_epoch(e))
+            tr.defenses.on_epoch_end(tr)
+        if mode == "on":
+            assert tr.stepper.enabled and tr.stepper.failed is None and tr.stepper.captures >= 1
+    for a, b in zip(logs["off"], logs["on"]):
+        # Same maths; only atomics, cuDNN algorithms and the noise stream may differ.
+        assert abs(a["train_loss"] - b["train_loss"]) <= 0.05 * a["train_loss"] + 0.02, (a, b)
+        assert abs(a["train_acc"] - b["train_acc"]) <= 6.0, (a, b)
+        assert abs(a["cem_term"] - b["cem_term"]) <= 0.1 * abs(a["cem_term"]) + 1e-3, (a, b)
+    assert logs["on"][-1]["cem_term"] > 0
+
+
+def test_captured_step_has_no_host_sync(tmp_path):
+    tr = _digits_trainer(tmp_path, "on")
+    for e in range(2):
+        tr.train_epoch(e)
+        tr.defenses.on_epoch_end(tr)
+    assert tr.stepper.captures >= 1
+    loader = tr.train_loader
+    loader.set_epoch(2)
+    key = tr.step_key()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, (x, y) in enumerate(loader):
+            tr.stepper(key, x, y)
+            if i == 4:
+                break
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(tr._sums).all()
+
+
+def test_captured_attack_agrees_with_eager():
+    from architectures import build_split_model
+    from attacks.decoder import DecoderAttack
+    from datasets import TensorSplit
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(600, 3, 32, 32, generator=g) * 255).to(torch.uint8)
+    y = torch.randint(0, 10, (600,), generator=g)
+    fit, held, ev = TensorSplit(x[:450], y[:450]), TensorSplit(x[450:500], y[450:500]), TensorSplit(x[500:], y[500:])
+    torch.manual_seed(0)
+    model = build_split_model("vgg11_bn_sgm", 4, 10, 32, "noRELU_C8S1").to(GPU).eval()
+    res = {}
+    for mode in ("off", "on"):
+        att = DecoderAttack("res_normN1C16", epochs=3, batch_size=64, device=GPU, progress=False, capture=mode)
+        res[mode] = att.run(model, lambda z: z + 0.05 * torch.randn_like(z), fit, held, ev,
+                            (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    a, b = res["off"].final["mse_mean"], res["on"].final["mse_mean"]
+    assert abs(a - b) <= 0.05 * a, (a, b)
