@@ -22,7 +22,7 @@ TRAINING_KEYS = ("arch", "cutlayer", "batch_size", "num_epochs", "learning_rate"
                  "regularization", "regularization_strength", "lambd", "var_threshold", "log_entropy",
                  "bottleneck_option", "random_seed", "select_on", "cem_lr_coupling", "limit_train", "limit_test",
                  "milestones", "AT_regularization", "AT_regularization_strength", "adv_AE_type",
-                 "gan_pretrain_epochs", "gan_loss_type", "ssim_threshold")
+                 "gan_pretrain_epochs", "gan_loss_type", "ssim_threshold", "cem_refresh_aug")
 
 
 def default_filename(cfg: dict) -> str:
@@ -185,7 +185,7 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
                              seed=int(cfg["random_seed"]), bf16=bool(cfg.get("bf16")),
                              milestones=str(cfg.get("milestones", "paper")),
                              channels_last=bool(cfg.get("channels_last")),
-                             capture=str(cfg.get("capture", "auto")))
+                             capture=str(cfg.get("capture", "auto")), select_on=cfg["select_on"])
     trainer = Trainer(model, bundle, defenses, device, run.dir, settings, progress=progress, log=run.log)
     if resuming:
         trainer.resume()

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data_root", default="./data", help="folder holding the datasets (default: %(default)s)")
     d.add_argument("--select_on", default="val", choices=["val", "test"],
                    help="split that picks the best epoch: val = 10%% held out of train; test = the paper "
-                        "code's choice (optimistic) (default: %(default)s)")
+                        "code's choice (optimistic), including its tracker reset at epochs 40/100/200 of 240 "
+                        "(scaled to --num_epochs), so the best of the last 40 epochs (default: %(default)s)")
     d.add_argument("--limit_train", type=int, default=None, help="use a seeded random subset of N training images")
     d.add_argument("--limit_test", type=int, default=None, help="use a seeded random subset of N test images")
     t = p.add_argument_group("training")
@@ -71,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--log_entropy", type=int, default=1, choices=[0, 1],
                    help="1: log-variance surrogate (paper); 0: plain variance (default: %(default)s)")
     f.add_argument("--cem_lr_coupling", default="paper", choices=["paper", "none"],
-                   help="paper: lambda_eff = lambda*min(1, 0.001/lr) as the paper code's two-pass update; "
-                        "none: lambda as given (default: %(default)s)")
+                   help="paper: lambda_eff = lambda*0.001/lr for lr >= 4.1e-4 (no cap), else lambda, as the "
+                        "paper code's two-pass update; none: lambda as given (default: %(default)s)")
+    f.add_argument("--cem_refresh_aug", type=int, default=1, choices=[0, 1],
+                   help="1: fit CEM's per-class mixture after each epoch on augmented training images, as the "
+                        "paper code; 0: on un-augmented ones (default: %(default)s)")
     f.add_argument("--AT_regularization", default="None",
                    help="the paper's extra defences, joined by '_': gan_adv[_stepN] (attacker-aware training, N "
                         "defender-decoder steps per batch), dropoutP (zero each sent element with probability P, "

@@ -18,6 +18,7 @@ from utils import UserError, append_csv_row, torch_save_atomic, truncate_csv
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
               "cem_logdet", "epoch_time_s"]
 PAPER_MILESTONES = (60, 120, 180, 210)  # of 240 epochs
+PAPER_BEST_RESETS = (40, 100, 200)  # of 240: the paper code's best-accuracy tracker restarts after these
 
 
 @dataclass
@@ -34,14 +35,17 @@ class TrainSettings:
     bf16: bool = False
     channels_last: bool = True  # faster convs on CPU (mkldnn) and CUDA alike
     capture: str = "auto"  # whole-step CUDA graphs: auto = on for CUDA, off on CPU/MPS (capture.py)
+    select_on: str = "val"  # "test" also restarts the best-epoch tracker as the paper code does
 
 
 def milestones(num_epochs: int, spec: str = "paper"):
-    """Epochs where the lr drops x0.2: 'paper' (60/120/180/210 of 240, scaled to the run's length),
-    'none' (constant lr, for short demo runs), or a comma list of epochs."""
+    """Epochs (counted from 1) that already run at the lr reduced x0.2, as the paper code's MultiStepLR
+    stepped with 1-based epochs: 'paper' (60/120/180/210 of 240, scaled to the run's length), 'none'
+    (constant lr, for short demo runs), or a comma list of epochs."""
     spec = str(spec).strip().lower()
     if spec == "paper":
-        return sorted({max(1, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
+        # never before epoch 2: the first epoch of any run trains at the base lr
+        return sorted({max(2, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
     if spec == "none":
         return []
     try:
@@ -50,8 +54,15 @@ def milestones(num_epochs: int, spec: str = "paper"):
         raise UserError(f"bad --milestones '{spec}'; use paper, none, or a comma list of epochs like 60,120") from None
 
 
+def best_resets(num_epochs: int):
+    """1-based epochs after which the paper code forgets its best accuracy (40/100/200 of 240, scaled),
+    so its "best" is the best of the last 40 epochs; only points that leave epochs after them count."""
+    return sorted({e for e in (int(round(r * num_epochs / 240)) for r in PAPER_BEST_RESETS) if 1 <= e < num_epochs})
+
+
 def scheduled_lr(base: float, epoch: int, num_epochs: int, spec: str = "paper") -> float:
-    return base * 0.2 ** sum(epoch >= m for m in milestones(num_epochs, spec))
+    """lr of the epoch with 0-based index `epoch` (its 1-based number is epoch + 1)."""
+    return base * 0.2 ** sum(epoch + 1 >= m for m in milestones(num_epochs, spec))
 
 
 class Trainer:
@@ -79,6 +90,10 @@ class Trainer:
                                         dataset=bundle.name, seed=settings.seed,
                                         drop_last=n_train > settings.batch_size, **stats)
         self.plain_train_loader = BatchLoader(bundle.train, 512, **stats)
+        # The paper fits CEM's mixture on augmented training batches; its own seeded stream per epoch
+        # keeps the refresh deterministic (exact resume) without touching the training batches' draws.
+        self.aug_train_loader = BatchLoader(bundle.train, 512, augment=True, dataset=bundle.name,
+                                            seed=settings.seed, stream="feature_pass", **stats)
         select = bundle.val if bundle.val is not None else bundle.test
         self.select_loader = BatchLoader(select, 512, **stats)
         self.test_loader = BatchLoader(bundle.test, 512, **stats)
@@ -124,11 +139,14 @@ class Trainer:
         return 100.0 * correct.item() / max(n, 1)
 
     @torch.no_grad()
-    def train_features(self):
-        """Clean features of one pass over the training set (eval mode), for stateful defences."""
+    def train_features(self, augment: bool = False):
+        """Clean features (eval mode, no obfuscation) of one pass over the training set, for stateful
+        defences; `augment` applies the training augmentation, drawn for the current epoch."""
         self.model.eval()
+        loader = self.aug_train_loader if augment else self.plain_train_loader
+        loader.set_epoch(self.epoch)
         zs, ys = [], []
-        for x, y in self.plain_train_loader:
+        for x, y in loader:
             with self._autocast():
                 zs.append(self.model.encoder(self._prep(x)).float().flatten(1))
             ys.append(y)
@@ -229,6 +247,7 @@ class Trainer:
         from defenses import CEM, lambda_eff  # local: keeps the engine importable without defences
 
         cem = self.defenses.find("cem")
+        resets = best_resets(self.s.num_epochs) if self.s.select_on == "test" else []
         bar = tqdm(range(self.epoch, self.s.num_epochs), initial=self.epoch, total=self.s.num_epochs,
                    desc="training", disable=not self.progress, unit="epoch")
         for epoch in bar:
@@ -247,6 +266,8 @@ class Trainer:
                    "val_acc": f"{val_acc:.3f}", "cem_mean_var": _fmt(extra.get("cem_mean_var")),
                    "cem_logdet": _fmt(extra.get("cem_logdet")), "epoch_time_s": f"{dt:.2f}"}
             append_csv_row(self.run_dir / "train_log.csv", {k: row[k] for k in LOG_FIELDS})
+            if self.epoch - 1 in resets:  # a function of the epoch alone, so a resumed run resets alike
+                self.best = {"acc": -1.0, "epoch": 0}
             if val_acc > self.best["acc"]:
                 self.best = {"acc": val_acc, "epoch": self.epoch}
                 self.save_best()

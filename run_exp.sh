@@ -54,7 +54,7 @@ which beats the dataset preset, which beats the built-in default):
   -h, --help                   this text
 
 Presets: cifar10, cifar100, facescrub, digits: vgg11_bn_sgm, cut 4, noRELU_C8S1, τ 0.125;
-tinyimagenet: resnet20, cut 3, no bottleneck, τ 0.0625.
+tinyimagenet: resnet20, cut 5, noRELU_C8S1 (features 8×16×16), τ 0.0625.
 Each run's output is tee'd to <folder>/<filename>.log. Exit status: 0 when every run succeeded,
 1 when some failed, 2 on bad options.
 EOF
@@ -134,7 +134,7 @@ configure() {
     QUICK_EXTRA="--limit_train $QUICK_LIMIT_TRAIN --limit_test $QUICK_LIMIT_TEST --milestones none"
   fi
   case $ds in
-    tinyimagenet) ARCH=resnet20 CUTLAYERS=3 BOTTLENECK=None VAR_THRESHOLD=0.0625 ;;
+    tinyimagenet) ARCH=resnet20 CUTLAYERS=5 BOTTLENECK=noRELU_C8S1 VAR_THRESHOLD=0.0625 ;;
   esac
   for v in $VARS; do
     [[ $v == DATASETS ]] && continue

@@ -89,7 +89,8 @@ def build_bottleneck(spec: BottleneckSpec, in_channels: int,
     """Device-side compressor and server-side expander for features of shape (in_channels, *in_hw).
 
     The device part has no output activation other than the optional ReLUs: the caller appends the
-    Sigmoid / BatchNorm tail. The server part restores exactly (in_channels, *in_hw), then BN + ReLU.
+    Sigmoid / BatchNorm tail. The server part restores exactly (in_channels, *in_hw) and feeds the next
+    trunk layer directly, as in the paper's models (no BatchNorm or ReLU after the expanding conv).
     """
     k, c, pad = spec.kernel, spec.channels, spec.kernel // 2
     device, server = [], []
@@ -114,5 +115,4 @@ def build_bottleneck(spec: BottleneckSpec, in_channels: int,
                                              padding=pad, output_padding=out_pad))
             if not last and spec.relu:
                 server.append(nn.ReLU(inplace=True))
-    server += [nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True)]
     return nn.Sequential(*device), nn.Sequential(*server)

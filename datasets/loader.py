@@ -22,7 +22,7 @@ class BatchLoader:
 
     def __init__(self, split: TensorSplit, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  device, shuffle: bool = False, augment: bool = False, dataset: Optional[str] = None,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, stream: str = "batches"):
         if int(batch_size) < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.split = split
@@ -30,6 +30,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
         self.seed = int(seed)
+        self.stream = stream  # names the random stream, so two loaders with one seed draw independently
         self.epoch = 0
         self.policy = policy_for(dataset)
         self.x, self.y = split.on_device(self.device)
@@ -47,7 +48,7 @@ class BatchLoader:
         n, bs, nb = len(self.split), self.batch_size, len(self)
         order = thetas = None
         if self.shuffle or self.augment:
-            gen = generator(self.seed, self.epoch, "batches")
+            gen = generator(self.seed, self.epoch, self.stream)
             if self.shuffle:
                 order = pinned_to(torch.randperm(n, generator=gen), self.device)
             if self.augment:

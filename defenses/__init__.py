@@ -17,8 +17,9 @@ __all__ = ["Defense", "DefenseStack", "CEM", "GaussianNoise", "build_defenses", 
 
 
 def cem_clusters(arch: str) -> int:
-    """K per class: 5 for Sigmoid encoders (bounded features), 15 otherwise (paper setting)."""
-    return 5 if (arch.endswith("_sgm") or arch == "resnet20") else 15
+    """K per class as the paper code: 5 when the arch name contains 'sgm', else 15 (so `resnet20`,
+    despite its Sigmoid encoder, gets 15)."""
+    return 5 if "sgm" in arch else 15
 
 
 def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> DefenseStack:
@@ -63,5 +64,6 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> Defe
         stack.append(CEM(lambd=lambd, sigma=sigma, var_threshold=float(cfg.get("var_threshold", 0.125)),
                          num_classes=num_classes, n_train=n_train, k=cem_clusters(cfg["arch"]),
                          log_entropy=bool(int(cfg.get("log_entropy", 1))), lr_coupling=coupling,
-                         seed=int(cfg.get("random_seed", 0)), compile=bool(cfg.get("compile", True))))
+                         seed=int(cfg.get("random_seed", 0)), compile=bool(cfg.get("compile", True)),
+                         refresh_aug=bool(int(cfg.get("cem_refresh_aug", 1)))))
     return DefenseStack(stack)

@@ -160,10 +160,11 @@ def cem_batch_loss(
 
 
 def lambda_eff(lambd: float, lr: float, coupling: str = "paper") -> float:
-    """The paper code scales lambda by the server lr (its two-pass update); `none` keeps lambda."""
+    """The paper code's two-pass update weighs L_C by lambda*0.001/lr for every server lr >= 4.1e-4,
+    with no cap (so more than lambda for lr below 1e-3), and by lambda below; `none` keeps lambda."""
     if coupling == "none" or lr < 4.1e-4:
         return lambd
-    return lambd * min(1.0, 0.001 / lr)
+    return lambd * 0.001 / lr
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,12 +176,14 @@ class CEM(Defense):
     name = "cem"
 
     def __init__(self, lambd, sigma, var_threshold, num_classes, n_train, k, log_entropy=True,
-                 lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0, compile=True):
+                 lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0, compile=True,
+                 refresh_aug=True):
         self.lambd, self.sigma, self.var_threshold = float(lambd), float(sigma), float(var_threshold)
         self.num_classes, self.n_train, self.k = int(num_classes), int(n_train), int(k)
         self.log_entropy, self.lr_coupling, self.gamma = bool(log_entropy), lr_coupling, gamma
         self.kmeans_iters, self.diag_every, self.seed = kmeans_iters, diag_every, seed
         self.compile = compile  # only ever used on CUDA
+        self.refresh_aug = bool(refresh_aug)  # fit the mixture on augmented images, as the paper code
         self.state: Optional[dict] = None  # centroids, variances, weights, valid
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
@@ -231,7 +234,7 @@ class CEM(Defense):
     def on_epoch_end(self, trainer):
         if self.lambd == 0:
             return {}
-        z, y = trainer.train_features()
+        z, y = trainer.train_features(augment=self.refresh_aug)
         self.refresh(z, y)
         logs = {"cem_mean_var": float(self.state["variances"][self.state["valid"]].mean())}
         if self.diag_every and self.refreshes % self.diag_every == 0:

@@ -31,9 +31,26 @@ def test_known_check_default_cifar_setting():
     m = build_split_model("vgg11_bn_sgm", 4, 10, 32, "noRELU_C8S1")
     assert m.feature_shape == (8, 8, 8)
     assert n_params(m.encoder) == 85256 == 1792 + 128 + 73856 + 256 + 9224
-    # server mirror: conv 8->128 k3 + BN(128)
-    assert n_params(m.server.bottleneck) == conv(8, 128) + 256
+    # server mirror: only the conv 8->128 k3, feeding the next layer directly (as published)
+    assert n_params(m.server.bottleneck) == conv(8, 128)
     assert m.arch == "vgg11_bn_sgm" and m.cutlayer == 4
+
+
+def test_tinyimagenet_paper_setting():
+    # the paper's TinyImageNet model (run_exp.sh preset): resnet20 cut 5 + noRELU_C8S1
+    m = build_split_model("resnet20", 5, 200, 64, "noRELU_C8S1")
+    assert m.feature_shape == (8, 16, 16)
+    assert n_params(m.encoder) == 112472
+
+
+def test_paper_resnet_shortcut_subsamples_and_appends_zero_channels():
+    from architectures.resnet import PadShortcut
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    paper = PadShortcut(3, 7, 2, zeros_after=True)(x)
+    assert paper.shape == (2, 7, 3, 3)
+    assert torch.equal(paper[:, :3], x[:, :, ::2, ::2]) and not paper[:, 3:].any()
+    he = PadShortcut(3, 7, 2, zeros_after=False)(x)
+    assert torch.equal(he[:, 2:5], x[:, :, ::2, ::2]) and not he[:, :2].any() and not he[:, 5:].any()
 
 
 # (arch, cut, image size, bottleneck) -> hand-derived (C, H, W) of z
@@ -140,10 +157,9 @@ def test_encoder_tails():
     assert isinstance(last, nn.BatchNorm2d) and last.num_features == 8
     plain = build_split_model("vgg11_bn", 3, 10)
     assert not isinstance(list(plain.encoder.children())[-1], (nn.Sigmoid, nn.BatchNorm2d))
-    # the server always re-expands with BN + ReLU
+    # the server's expanding conv feeds the next layer directly (no BN / ReLU after it, as published)
     srv = list(plain_bn.server.bottleneck.children())
-    assert isinstance(srv[-2], nn.BatchNorm2d) and srv[-2].num_features == 128
-    assert isinstance(srv[-1], nn.ReLU)
+    assert len(srv) == 1 and isinstance(srv[0], nn.Conv2d) and srv[0].out_channels == 128
 
 
 def test_norelu_removes_device_relus():

@@ -139,9 +139,18 @@ def test_kmeans_duplicate_points_mark_clusters_invalid():
 
 
 def test_lambda_eff_schedule():
-    assert lambda_eff(16, 0.05) == pytest.approx(16 * 0.02)
+    # the paper's rule: lambda * 0.001 / lr for every lr >= 4.1e-4 (no cap at lambda), lambda below
+    for lr, want in ((0.05, 0.32), (1e-3, 16.0), (5e-4, 32.0), (4.1e-4, 16 * 0.001 / 4.1e-4), (4e-4, 16.0)):
+        assert lambda_eff(16, lr) == pytest.approx(want, rel=1e-12), f"lr {lr}"
     assert lambda_eff(16, 1e-4) == 16
-    assert lambda_eff(16, 0.05, "none") == 16
+    assert lambda_eff(16, 0.05, "none") == 16 and lambda_eff(16, 5e-4, "none") == 16
+
+
+def test_clusters_per_class_follow_paper_rule():
+    from defenses import cem_clusters
+    assert cem_clusters("vgg11_bn_sgm") == 5
+    assert cem_clusters("resnet20") == 15  # Sigmoid encoder, but no 'sgm' in the name
+    assert cem_clusters("vgg11_bn") == 15 and cem_clusters("resnet20_std") == 15
 
 
 def test_cem_defence_loss_needs_state_then_refreshes():

@@ -91,8 +91,9 @@ def test_finished_config_is_skipped(tmp_path):
 def test_tinyimagenet_preset_and_precedence(tmp_path):
     cmds = commands(sh("--dry-run", "--dataset", "tinyimagenet", tmp=tmp_path))
     assert len(cmds) == 15
-    assert all("--arch resnet20" in c and "--var_threshold 0.0625" in c and "--cutlayer 3" in c
-               and "--bottleneck_option None" in c and "--dataset tinyimagenet" in c for c in cmds)
+    # the paper's TinyImageNet setting: resnet20 cut 5 + noRELU_C8S1 (8x16x16 features), tau 0.0625
+    assert all("--arch resnet20" in c and "--var_threshold 0.0625" in c and "--cutlayer 5" in c
+               and "--bottleneck_option noRELU_C8S1" in c and "--dataset tinyimagenet" in c for c in cmds)
     cmds = commands(sh("--dry-run", "--datasets", "tinyimagenet facescrub", "--var_threshold", "0.5",
                        env={"ARCH": "resnet20_std"}, tmp=tmp_path))
     assert len(cmds) == 30 and all("--var_threshold 0.5" in c and "--arch resnet20_std" in c for c in cmds)

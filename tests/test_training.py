@@ -60,11 +60,21 @@ def test_milestones_scale_with_epochs():
     assert model_training.milestones(10) == [2, 5, 8, 9]
     assert model_training.scheduled_lr(0.05, 0, 240) == 0.05
     assert model_training.scheduled_lr(0.05, 120, 240) == pytest.approx(0.05 * 0.04)
+    assert model_training.milestones(2) == [2]
     assert model_training.milestones(8, "none") == []
     assert model_training.milestones(8, "3,6") == [3, 6]
     from utils import UserError
     with pytest.raises(UserError, match="milestones"):
         model_training.milestones(8, "soon")
+
+
+def test_lr_schedule_matches_paper_one_based():
+    # the paper steps MultiStepLR with 1-based epochs: epoch 60 (counting from 1) already runs at 0.01
+    expected = {59: 0.05, 60: 0.01, 61: 0.01, 119: 0.01, 120: 0.002, 121: 0.002, 179: 0.002, 180: 4e-4,
+                181: 4e-4, 209: 4e-4, 210: 8e-5, 211: 8e-5}
+    for epoch_1based, lr in expected.items():
+        got = model_training.scheduled_lr(0.05, epoch_1based - 1, 240)  # the trainer's index is 0-based
+        assert got == pytest.approx(lr, rel=1e-9), f"epoch {epoch_1based}: lr {got}, paper {lr}"
 
 
 def _weights(path):
@@ -142,3 +152,61 @@ def test_resume_refuses_changed_settings(tmp_path, monkeypatch):
     from utils import UserError
     with pytest.raises(UserError, match="learning_rate"):
         run_experiment(cfg_for(tmp_path, lambd=0.0, resume=True, learning_rate=0.1), progress=False)
+
+
+def _trainer(tmp_path, **over):
+    from experiment import _load_everything
+
+    cfg = cfg_for(tmp_path, **over)
+    bundle, model, defenses, _ = _load_everything(cfg, torch.device("cpu"))
+    settings = model_training.TrainSettings(num_epochs=3, batch_size=64, seed=cfg["random_seed"])
+    return model_training.Trainer(model, bundle, defenses, torch.device("cpu"), tmp_path / "run", settings,
+                                  progress=False, log=lambda m: None)
+
+
+def _refresh_inputs(trainer):
+    seen = []
+    hook = trainer.model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    trainer.defenses.on_epoch_end(trainer)
+    hook.remove()
+    return torch.cat(seen)
+
+
+def test_cem_refresh_sees_augmented_images_by_default(tmp_path):
+    trainer = _trainer(tmp_path)
+    plain = torch.cat([x for x, _ in trainer.plain_train_loader])
+    first = _refresh_inputs(trainer)
+    assert first.shape == plain.shape and not torch.allclose(first, plain), "refresh must see augmented images"
+    assert torch.equal(_refresh_inputs(trainer), first), "same epoch, same augmentation (exact resume)"
+    trainer.epoch = 1
+    assert not torch.equal(_refresh_inputs(trainer), first), "a fresh augmentation each epoch"
+    off = _trainer(tmp_path, cem_refresh_aug=0)
+    assert torch.equal(_refresh_inputs(off), plain), "--cem_refresh_aug 0 fits on un-augmented images"
+
+
+def test_select_on_test_keeps_best_of_last_epochs_and_resumes_exactly(tmp_path, monkeypatch):
+    assert model_training.best_resets(240) == [40, 100, 200]
+    assert model_training.best_resets(12) == [2, 5, 10]
+    accs = [50, 60, 55, 40, 45, 70, 30, 35, 20, 25, 10, 15]  # per 1-based epoch 1..12
+
+    def make(select_on, name):
+        from experiment import _load_everything
+
+        cfg = cfg_for(tmp_path, arch="resnet20_std", cutlayer=1, bottleneck_option="None", lambd=0.0)
+        bundle, model, defenses, _ = _load_everything(cfg, torch.device("cpu"))
+        s = model_training.TrainSettings(num_epochs=12, batch_size=64, select_on=select_on)
+        (tmp_path / name).mkdir(exist_ok=True)
+        t = model_training.Trainer(model, bundle, defenses, torch.device("cpu"), tmp_path / name, s,
+                                   progress=False, log=lambda m: None)
+        monkeypatch.setattr(t, "train_epoch", lambda e: {"lr": 0.05, "train_loss": 1.0, "train_acc": 0.0,
+                                                         "cem_term": 0.0})
+        monkeypatch.setattr(t, "evaluate", lambda loader: float(accs[t.epoch]))
+        return t
+
+    assert make("val", "v").fit()["best_epoch"] == 6
+    assert make("test", "t").fit()["best_epoch"] == 12   # reset after epoch 10: best of 11..12
+    first = make("test", "r")
+    first.fit(stop_after=11)
+    assert first.best["epoch"] == 11
+    again = make("test", "r")
+    assert again.resume() and again.fit()["best_epoch"] == 12
