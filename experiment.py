@@ -117,12 +117,12 @@ def _load_everything(cfg: dict, device):
     """Data, model and defences for a config; every user mistake becomes a UserError."""
     from architectures import build_split_model
     from datasets import load_dataset
-    from defenses import build_defenses
+    from defenses import build_defenses, extra_device_layer
 
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on=cfg["select_on"], seed=cfg["random_seed"],
                           limit_train=cfg.get("limit_train"), limit_test=cfg.get("limit_test"))
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), bundle.num_classes, bundle.image_size,
-                              cfg["bottleneck_option"])
+                              cfg["bottleneck_option"], extra_device_layer=extra_device_layer(cfg))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train), feature_shape=tuple(model.feature_shape),
@@ -199,6 +199,9 @@ def run_experiment(cfg: dict, progress: bool = True, stop_after: Optional[int] =
     best_acc = trainer.evaluate(trainer.test_loader)
     metrics["train"] = {"test_acc": best_acc, "test_acc_last": last_acc, "selected": "best",
                         "select_on": cfg["select_on"], **summary, "wall_time_s": summary["train_time_s"]}
+    if model.extra_device_layer:  # PATROL: the attacked model's conv widths, {name: [built, now]}
+        from architectures import channel_counts
+        metrics["train"]["pruned_channels"] = {k: list(v) for k, v in channel_counts(model).items()}
     run.log(f"test accuracy {best_acc:.2f}% (best epoch {summary['best_epoch']} on {cfg['select_on']}), "
             f"last epoch {last_acc:.2f}%")
     if cfg.get("no_attack"):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from architectures import architecture_record, load_split_state
 from capture import StepCapture, capture_enabled, params_signature
 from datasets import BatchLoader
 from utils import UserError, append_csv_row, torch_save_atomic, truncate_csv
@@ -76,14 +77,10 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         if settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        enc_lr = settings.local_lr if settings.local_lr else settings.learning_rate
-        server_params = list(model.server.parameters()) + list(model.classifier.parameters())
-        # One SGD, two groups: same update as the paper's separate client/server optimisers.
-        self.opt = torch.optim.SGD(
-            [{"params": list(model.encoder.parameters()), "base_lr": enc_lr, "lr": enc_lr},
-             {"params": server_params, "base_lr": settings.learning_rate, "lr": settings.learning_rate}],
-            lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay,
-            **({"fused": True} if device.type == "cuda" else {}))  # one kernel for the whole update
+        # Called after the model's structure changed (pruning): anything holding its parameters or
+        # a traced/captured graph of it (e.g. a compiled step) registers its rebuild here.
+        self.structure_hooks: list = []
+        self.opt = self._make_optimizer()
         stats = dict(mean=bundle.mean, std=bundle.std, device=device)
         n_train = len(bundle.train)
         self.train_loader = BatchLoader(bundle.train, settings.batch_size, shuffle=True, augment=True,
@@ -111,6 +108,33 @@ class Trainer:
         self._step_lr = settings.learning_rate
 
     # ------------------------------------------------------------------ helpers
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        s, model = self.s, self.model
+        enc_lr = s.local_lr if s.local_lr else s.learning_rate
+        server_params = list(model.server.parameters()) + list(model.classifier.parameters())
+        # One SGD, two groups: same update as the paper's separate client/server optimisers.
+        return torch.optim.SGD(
+            [{"params": list(model.encoder.parameters()), "base_lr": enc_lr, "lr": enc_lr},
+             {"params": server_params, "base_lr": s.learning_rate, "lr": s.learning_rate}],
+            lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
+            **({"fused": True} if self.device.type == "cuda" else {}))  # one kernel for the whole update
+
+    def structure_changed(self, why: str = "") -> None:
+        """The model's tensors were replaced (e.g. channels pruned): rebuild what refers to them.
+
+        The optimizer starts afresh (its momentum buffers have the old shapes), and the best-epoch
+        tracker restarts, since earlier epochs scored a different model than the one deployed now.
+        """
+        if self.s.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.opt = self._make_optimizer()
+        self.best = {"acc": -1.0, "epoch": 0}
+        self.stepper.reset()  # its key sees new parameters anyway; drop the stale graphs' memory now
+        for hook in self.structure_hooks:
+            hook()
+        if why:
+            self.log(why)
+
     def _autocast(self, cache: bool = True):
         if self.s.bf16 and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
@@ -213,12 +237,14 @@ class Trainer:
 
     def save(self):
         ck = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+              "architecture": architecture_record(self.model),
               "defenses": self.defenses.state_dict(), "rng": self._rng_state(), "best": dict(self.best),
               "elapsed": self.elapsed}
         torch_save_atomic(ck, self.ckpt_dir / "last.pt")
 
     def save_best(self):
-        torch_save_atomic({"epoch": self.epoch, "model": self.model.state_dict()}, self.ckpt_dir / "best.pt")
+        torch_save_atomic({"epoch": self.epoch, "model": self.model.state_dict(),
+                           "architecture": architecture_record(self.model)}, self.ckpt_dir / "best.pt")
 
     def resume(self) -> bool:
         """Loads checkpoints/last.pt if present; returns whether it did."""
@@ -227,7 +253,10 @@ class Trainer:
             return False
         try:
             ck = torch.load(path, map_location=self.device, weights_only=False)
-            self.model.load_state_dict(ck["model"])
+            shapes_before = architecture_record(self.model)["shapes"]
+            load_split_state(self.model, ck)
+            if architecture_record(self.model)["shapes"] != shapes_before:
+                self.structure_changed()  # a pruned run: the optimizer must hold the new tensors
             self.opt.load_state_dict(ck["optimizer"])
         except Exception as e:  # a checkpoint from another config or a damaged file
             raise UserError(f"cannot resume from {path}: {e.__class__.__name__}: {str(e).splitlines()[0][:200]}; "
@@ -252,6 +281,7 @@ class Trainer:
                    desc="training", disable=not self.progress, unit="epoch")
         for epoch in bar:
             t0 = time.perf_counter()
+            self.defenses.on_epoch_start(self, epoch)
             cem_active = isinstance(cem, CEM) and cem.lambd > 0 and cem.state is not None
             stats = self.train_epoch(epoch)
             val_acc = self.evaluate(self.select_loader)

@@ -2,8 +2,8 @@
 
 The ONE place that turns a run folder back into a model. `main_MIA.py --attack_only`,
 `run_gan_attack.py` and every later attack go through `load_trained_run`; the shape of the model is
-decided by `model_from_checkpoint`, so a defence that changes shapes during training (PATROL's
-pruning) extends that function and every caller follows.
+decided by `model_from_checkpoint`: it builds PATROL's extra layer when the config asks for it and
+gives the model the (pruned) shapes its checkpoint records before the strict load.
 """
 from __future__ import annotations
 
@@ -82,23 +82,29 @@ def model_from_checkpoint(cfg: dict, num_classes: int, image_size: int, ck: dict
     shapes the checkpoint records, then load strictly. A mismatch is a user-facing error, never a
     partially loaded model.
     """
-    from architectures import build_split_model
+    from architectures import build_split_model, load_split_state
+    from defenses import extra_device_layer
 
-    model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), num_classes, image_size, cfg["bottleneck_option"])
+    model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), num_classes, image_size, cfg["bottleneck_option"],
+                              extra_device_layer=extra_device_layer(cfg)).to(device)
     try:
-        model.load_state_dict(ck["model"], strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:2] or [str(e)]
+        load_split_state(model, ck)  # PATROL: first gives the model the checkpoint's pruned shapes
+    except UserError as e:
         raise UserError(f"the checkpoint does not fit the model rebuilt from config.json "
                         f"({cfg['arch']}, cut {cfg['cutlayer']}, {cfg['bottleneck_option']}): "
-                        f"{first[0].strip()[:200]}; the config and checkpoint come from different runs") from None
-    return model.to(device)
+                        f"{e}; the config and checkpoint come from different runs") from None
+    return model
 
 
 def load_weights(model: torch.nn.Module, path, device) -> int:
     """Load a checkpoint of the same run into an already built model (strict); returns its epoch."""
+    from architectures import load_split_state
+
     ck = read_checkpoint(path, device)
-    model.load_state_dict(ck["model"], strict=True)
+    try:
+        load_split_state(model, ck)  # a pruned run's best.pt may have other shapes than the model now
+    except UserError as e:
+        raise UserError(f"{path} does not fit the model: {e}") from None
     return int(ck.get("epoch", 0))
 
 

@@ -4,6 +4,8 @@
 """
 from .bottleneck import BottleneckSpec, parse_bottleneck
 from .split import ARCHITECTURES, SplitModel, build_split_model, max_cutlayer
+from .restore import architecture_record, channel_counts, load_split_state
 
 __all__ = ["ARCHITECTURES", "SplitModel", "build_split_model", "max_cutlayer",
-           "BottleneckSpec", "parse_bottleneck"]
+           "BottleneckSpec", "parse_bottleneck", "architecture_record", "channel_counts",
+           "load_split_state"]

@@ -8,7 +8,7 @@ sigmoid-terminated encoder).
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -90,6 +90,14 @@ def resnet_trunk(arch: str, in_channels: int = 3) -> List[nn.Module]:
             layers.append(BasicBlock(c, p, s if i == 0 else 1, zeros_after))
             c = p
     return layers
+
+
+def resnet_extra_layer(arch: str, cutlayer: int) -> Optional[Tuple[int, nn.Module, int]]:
+    """PATROL's extra device layer: (trunk position, module, trunk input channels).
+
+    A bare 3x3 conv stem->stem channels (no bias, BN or ReLU) right after the stem, as the paper code.
+    """
+    return 1, nn.Conv2d(STEM_PLANES, STEM_PLANES, 3, padding=1, bias=False), 3
 
 
 def resnet_head(trunk_shape: Tuple[int, int, int], num_classes: int) -> nn.Module:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,8 +10,9 @@ import torch.nn as nn
 from utils import UserError
 
 from .bottleneck import build_bottleneck, parse_bottleneck
-from .resnet import RESNET_ARCHS, resnet_head, resnet_is_sigmoid, resnet_num_layers, resnet_trunk
-from .vgg import VGG_ARCHS, vgg_head, vgg_is_sigmoid, vgg_num_layers, vgg_trunk
+from .resnet import (RESNET_ARCHS, resnet_extra_layer, resnet_head, resnet_is_sigmoid, resnet_num_layers,
+                     resnet_trunk)
+from .vgg import VGG_ARCHS, vgg_extra_layer, vgg_head, vgg_is_sigmoid, vgg_num_layers, vgg_trunk
 
 ARCHITECTURES: Tuple[str, ...] = tuple(VGG_ARCHS) + tuple(RESNET_ARCHS)
 
@@ -32,6 +33,9 @@ class SplitModel(nn.Module):
         self.image_size = image_size
         self.num_classes = num_classes
         self.bottleneck_option = bottleneck_option
+        self.extra_device_layer = False  # PATROL's extra device layer present
+        # state_dict shapes as built: a pruned model records only where it differs (restore.py)
+        self.nominal_shapes: Dict[str, Tuple[int, ...]] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.server_forward(self.encoder(x))
@@ -41,7 +45,8 @@ class SplitModel(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"arch={self.arch}, cutlayer={self.cutlayer}, image_size={self.image_size}, "
-                f"bottleneck_option={self.bottleneck_option!r}, feature_shape={self.feature_shape}")
+                f"bottleneck_option={self.bottleneck_option!r}, feature_shape={self.feature_shape}, "
+                f"extra_device_layer={self.extra_device_layer}")
 
 
 def _check_arch(arch) -> str:
@@ -92,12 +97,30 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _named_trunk(arch: str, cutlayer: int, extra_device_layer: bool):
+    """The trunk as (name, module) pairs and how many of them the device runs.
+
+    Config layers are `layer<k>` with k the layer number of the plain model, so the extra PATROL layer
+    (named `extra`) shifts no names and `cutlayer` keeps its meaning.
+    """
+    family = ((vgg_trunk, vgg_extra_layer) if arch in VGG_ARCHS else (resnet_trunk, resnet_extra_layer))
+    extra = family[1](arch, cutlayer) if extra_device_layer else None
+    layers = family[0](arch, 3 if extra is None else extra[2])
+    named = [(f"layer{i + 1}", m) for i, m in enumerate(layers)]
+    if extra is None:
+        return named, cutlayer
+    named.insert(extra[0], ("extra", extra[1]))
+    return named, cutlayer + 1
+
+
 def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: int = 32,
-                      bottleneck_option: Optional[str] = "None") -> SplitModel:
+                      bottleneck_option: Optional[str] = "None",
+                      extra_device_layer: bool = False) -> SplitModel:
     """Build `arch` cut after layer `cutlayer` (1-based; max-pools count as VGG layers).
 
     Sigmoid-terminated archs (`*_sgm`, `resnet20`) always end the encoder with a Sigmoid; others end
     with BatchNorm over the bottleneck channels when a bottleneck is used, else where the cut falls.
+    `extra_device_layer` adds PATROL's extra device-side layer (DESIGN.md §5; VGG only from cut 2).
     """
     _check_arch(arch)
     top = max_cutlayer(arch)
@@ -110,19 +133,20 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
     spec = parse_bottleneck(bottleneck_option)
 
     if arch in VGG_ARCHS:
-        trunk_fn, head_fn, sigmoid = vgg_trunk, vgg_head, vgg_is_sigmoid(arch)
+        head_fn, sigmoid = vgg_head, vgg_is_sigmoid(arch)
     else:
-        trunk_fn, head_fn, sigmoid = resnet_trunk, resnet_head, resnet_is_sigmoid(arch)
+        head_fn, sigmoid = resnet_head, resnet_is_sigmoid(arch)
 
     # Shapes come from a parameter-free twin on the meta device: exact, but no conv is computed.
     with torch.device("meta"):
-        twin = trunk_fn(arch)
+        twin, n_device = _named_trunk(arch, cutlayer, extra_device_layer)
+    twin = [m for _, m in twin]
     what = f"{arch} cut at {cutlayer}"
-    cut_shape = _dry_shape(nn.Sequential(*twin[:cutlayer]), image_size, what, "meta")
+    cut_shape = _dry_shape(nn.Sequential(*twin[:n_device]), image_size, what, "meta")
     trunk_shape = _dry_shape(nn.Sequential(*twin), image_size, arch, "meta")
 
-    layers = trunk_fn(arch)
-    enc = OrderedDict((f"layer{i + 1}", m) for i, m in enumerate(layers[:cutlayer]))
+    layers, n_device = _named_trunk(arch, cutlayer, extra_device_layer)
+    enc = OrderedDict(layers[:n_device])
     srv = OrderedDict()
     if spec is not None:
         # the server half of the bottleneck restores cut_shape exactly, so trunk_shape still holds
@@ -133,7 +157,7 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
         enc["sigmoid"] = nn.Sigmoid()
     elif spec is not None:
         enc["bn"] = nn.BatchNorm2d(spec.channels)
-    srv.update((f"layer{i + 1}", layers[i]) for i in range(cutlayer, top))
+    srv.update(layers[n_device:])
 
     encoder = nn.Sequential(enc)
     server = nn.Sequential(srv) if srv else nn.Identity()
@@ -142,4 +166,6 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
                        num_classes, "None" if spec is None else bottleneck_option)
     init_weights(model)
     model.feature_shape = _dry_shape(encoder, image_size, what)
+    model.extra_device_layer = "extra" in enc
+    model.nominal_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return model

@@ -1,7 +1,7 @@
 """VGG trunks for split learning, built from the config lists so any input size works."""
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch.nn as nn
 
@@ -9,6 +9,8 @@ CFGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
 }
+
+EXTRA_PLANES = 16  # width of PATROL's extra device layer
 
 # arch -> (config name, batch norm, sigmoid-terminated encoder)
 VGG_ARCHS = {
@@ -28,6 +30,14 @@ def vgg_is_sigmoid(arch: str) -> bool:
     return VGG_ARCHS[arch][2]
 
 
+def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+    block = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)]
+    if batch_norm:
+        block.append(nn.BatchNorm2d(c_out))
+    block.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*block)
+
+
 def vgg_trunk(arch: str, in_channels: int = 3) -> List[nn.Module]:
     """One module per config entry (max-pools included), so list index == layer number - 1."""
     cfg_name, batch_norm, _ = VGG_ARCHS[arch]
@@ -37,13 +47,20 @@ def vgg_trunk(arch: str, in_channels: int = 3) -> List[nn.Module]:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             continue
-        block = [nn.Conv2d(c, v, kernel_size=3, padding=1)]
-        if batch_norm:
-            block.append(nn.BatchNorm2d(v))
-        block.append(nn.ReLU(inplace=True))
-        layers.append(nn.Sequential(*block))
+        layers.append(_conv_block(c, v, batch_norm))
         c = v
     return layers
+
+
+def vgg_extra_layer(arch: str, cutlayer: int) -> Optional[Tuple[int, nn.Module, int]]:
+    """PATROL's extra device layer: (trunk position, module, trunk input channels), or None.
+
+    A conv 3->16 (+BN as the arch has it) + ReLU in front, so the first config conv reads 16
+    channels; the paper code adds it only when the cut is at layer 2 or later.
+    """
+    if cutlayer < 2:
+        return None
+    return 0, _conv_block(3, EXTRA_PLANES, VGG_ARCHS[arch][1]), EXTRA_PLANES
 
 
 def vgg_head(trunk_shape: Tuple[int, int, int], num_classes: int) -> nn.Module:

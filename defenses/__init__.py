@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 
-from defenses import nopeek, obfuscation  # noqa: F401 (register their --AT_regularization builders)
+from defenses import nopeek, obfuscation, pruning  # noqa: F401 (register their --AT_regularization builders)
 from defenses.at_options import ATOptions, at_options, parse_at_options
 from defenses.base import Defense, DefenseStack
 from defenses.cem import CEM, cem_batch_loss, fit_class_kmeans, lambda_eff
@@ -13,7 +13,12 @@ from utils import UserError
 
 __all__ = ["Defense", "DefenseStack", "CEM", "GaussianNoise", "build_defenses", "cem_batch_loss",
            "fit_class_kmeans", "lambda_eff", "cem_clusters", "ATOptions", "at_options", "parse_at_options",
-           "AT_BUILDERS", "BuildContext", "register_at"]
+           "AT_BUILDERS", "BuildContext", "register_at", "extra_device_layer"]
+
+
+def extra_device_layer(cfg: dict) -> bool:
+    """PATROL's extra device layer is part of the model from epoch 1 whenever pruningE is on."""
+    return at_options(cfg, warn=False).pruning_epoch is not None
 
 
 def cem_clusters(arch: str) -> int:

@@ -34,6 +34,9 @@ class Defense:
     def encoder_loss(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float) -> Optional[torch.Tensor]:
         return None
 
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        """Before epoch `epoch` (0-based) trains; may change the model (then calls trainer.structure_changed)."""
+
     def on_epoch_end(self, trainer) -> dict:
         """Refresh state after an epoch; returns scalars to log (may be empty)."""
         return {}
@@ -79,6 +82,10 @@ class DefenseStack(Defense):
             if term is not None:
                 total = term if total is None else total + term
         return total
+
+    def on_epoch_start(self, trainer, epoch):
+        for d in self.defenses:
+            d.on_epoch_start(trainer, epoch)
 
     def on_epoch_end(self, trainer):
         logs = {}

@@ -37,9 +37,3 @@ def register_at(name: str):
 @register_at("gan_adv")
 def _gan_adv_placeholder(opts, ctx):
     raise UserError("--AT_regularization gan_adv is not available yet in this version; drop the gan_adv part")
-
-
-@register_at("pruning")
-def _pruning_placeholder(opts, ctx):
-    raise UserError(f"--AT_regularization pruning{opts.pruning_epoch} (PATROL) is not available yet in this "
-                    "version; drop the pruningE part of the option")

@@ -74,7 +74,7 @@ def test_stack_order_and_parts():
 
 
 @pytest.mark.parametrize("text,needle", [("dropout1.5", "dropout1.5"), ("topkprune-1", "topkprune-1"),
-                                         ("blah", "blah"), ("pruning180", "not available yet")])
+                                         ("blah", "blah"), ("pruning180", "after the last epoch")])
 def test_cli_one_line_exit_2(text, needle, capsys, tmp_path):
     argv = ["--dataset", "digits", "--data_root", str(tmp_path / "d"), "--folder", str(tmp_path / "runs"),
             "--num_epochs", "1", "--no_attack", "--device", "cpu", "--no_progress",
