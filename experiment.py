@@ -72,6 +72,9 @@ def validate(cfg: dict) -> None:
     if cfg.get("select_on") not in ("val", "test"):
         raise UserError("--select_on must be 'val' (held-out 10% of train) or 'test' (the paper code)")
     parse_modes(cfg["attack_modes"])
+    from attack_runner import ATTACKS, parse_list
+
+    parse_list(cfg.get("attacks") or "decoder", ATTACKS, "--attacks")
     from defenses.at_options import at_options
 
     at_options(cfg, warn=False)  # a bad --AT_regularization fails before any data is loaded
@@ -223,36 +226,18 @@ def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
     _, metrics = read_run_config(run.dir)
     if "train" not in metrics:
         raise UserError(f"{run.dir} has not finished training; finish it with --resume first")
-    overrides = {k: cfg.get(k) for k in ("attack_epochs", "gan_AE_type", "attack_modes", "device", "data_root")}
+    from attack_runner import ATTACK_KEYS
+
+    overrides = {k: cfg.get(k) for k in (*ATTACK_KEYS, "device", "data_root", "capture", "bf16")}
     seed_everything(int(read_json(run.config_path)["random_seed"]))
     tr = load_trained_run(run.dir, overrides)
     return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress)
 
 
 def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool) -> dict:
-    from attacks.decoder import DecoderAttack, attacker_splits
-    from attacks.grid import save_grid
+    from attack_runner import run_attacks
 
-    results = metrics.setdefault("attack", {}).setdefault("decoder", {})
-    obfuscate = defenses.deployed()
-    for mode in parse_modes(cfg["attack_modes"]):
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
-        attack = DecoderAttack(gan_AE_type=cfg["gan_AE_type"], epochs=int(cfg["attack_epochs"]),
-                               seed=int(cfg["random_seed"]), device=device, progress=progress,
-                               capture=str(cfg.get("capture", "auto")), bf16=bool(cfg.get("bf16")))
-        run.log(f"decoder attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {len(evals)}, "
-                f"{cfg['gan_AE_type']}, {cfg['attack_epochs']} epochs")
-        res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
-        grid = Path("images") / f"decoder_{mode}.png"
-        save_grid(res.grid_originals, res.grid_recons, run.dir / grid)
-        results[mode] = {**res.summary(), "grid": str(grid)}
-        f, b = res.final, res.baseline_mean_image
-        run.log(f"  {mode}: MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  PSNR {f['psnr_mean']:.2f} dB "
-                f"(mean-image guess: PSNR {b['psnr_mean']:.2f} dB)  grid: {run.dir / grid}")
-        write_json(run.metrics_path, metrics)
-    metrics["status"] = "finished"
-    write_json(run.metrics_path, metrics)
-    return metrics
+    return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log)
 
 
 def main_guard(fn: Callable[[], int]) -> int:

@@ -18,6 +18,8 @@ def _none_or_float(s):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from attack_runner import add_gan_flags, add_rmle_flags
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="vgg11_bn_sgm",
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--attack_modes", default="train_time,infer_time",
                    help="comma list: train_time (attacker has the training images), infer_time (attacker has "
                         "90%% of the test set, scored on the rest) (default: %(default)s)")
+    a.add_argument("--attacks", default="decoder",
+                   help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from the "
+                        "decoder), rmle (white-box optimisation) (default: %(default)s)")
+    add_gan_flags(a)
+    add_rmle_flags(a)
     a.add_argument("--no_attack", action="store_true", help="train only")
     a.add_argument("--attack_only", action="store_true",
                    help="re-attack a trained run from its checkpoint (no training)")

@@ -7,25 +7,20 @@ fresh randomness every query) and learns a decoder z~ -> x with an MSE loss on [
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
-import time
-from typing import Callable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from architectures.decoders import build_decoder
-from attacks.base import AttackResult
-from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
+from attacks.base import Context, TrainedAttack
 from capture import StepCapture, capture_enabled
-from utils import UserError, normalize
+from utils import UserError, torch_save_atomic
 
 ATTACK_MODES = ("train_time", "infer_time")
 HELDOUT_FRACTION = 0.1
 EVAL_FRACTION = 0.1  # infer_time: share of each test class kept for scoring
-GRID_SIZE = 16
 
 
 def _make_split(like, x: torch.Tensor, y: torch.Tensor):
@@ -94,181 +89,87 @@ def attacker_splits(bundle, mode: str, seed: int):
     return fit, heldout, _take(test, ev)
 
 
-class DecoderAttack:
+class DecoderAttack(TrainedAttack):
     """Decoder (training-based) inversion attack; see module docstring and DESIGN §8."""
+
+    name = "decoder"
 
     def __init__(self, gan_AE_type: str = "res_normN8C64", epochs: int = 50, batch_size: int = 256,
                  lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, device=None,
                  progress: bool = True, min_lr: float = 1e-5, feature_cache_mb: float = 2048,
-                 capture: str = "auto", bf16: bool = False):
+                 capture: str = "auto", bf16: bool = False, **kw):
         if epochs < 1 or batch_size < 1:
             raise UserError(f"decoder attack needs epochs >= 1 and batch_size >= 1 "
                             f"(got {epochs}, {batch_size}); fix --attack_epochs / batch size")
+        super().__init__(epochs=epochs, batch_size=batch_size, seed=seed, device=device, progress=progress,
+                         feature_cache_mb=feature_cache_mb, **kw)
         self.gan_AE_type = gan_AE_type
-        self.epochs, self.batch_size = int(epochs), int(batch_size)
         self.lr, self.weight_decay, self.min_lr = float(lr), float(weight_decay), float(min_lr)
-        self.seed = int(seed)
-        self.device = torch.device(device) if device is not None else None
-        self.progress = progress
-        self.feature_cache_mb = feature_cache_mb
         self.capture, self.bf16 = capture, bool(bf16)
 
-    # --- queries to the device side -------------------------------------------------------------
-    def _encode(self, encoder: nn.Module, x_u8: torch.Tensor, mean, std) -> torch.Tensor:
-        """Clean features of uint8 images, in chunks; encoder is frozen and in eval mode."""
-        enc_dev = next((p.device for p in encoder.parameters()), self.device)
-        out = []
-        with torch.no_grad():
-            for s in range(0, x_u8.shape[0], self.batch_size):
-                xb = normalize(x_u8[s:s + self.batch_size].to(enc_dev).float().div_(255.0), mean, std)
-                out.append(encoder(xb).to(self.device))
-        return torch.cat(out)
+    def label(self) -> str:
+        return self.gan_AE_type
 
-    def run(self, split_model, obfuscate: Callable[[torch.Tensor], torch.Tensor], fit, heldout, evals,
-            mean: Sequence[float], std: Sequence[float]) -> AttackResult:
-        t0 = time.time()
-        encoder = split_model.encoder
-        if self.device is None:
-            self.device = next((p.device for p in encoder.parameters()), torch.device("cpu"))
-        dev = self.device
-        if len(fit) == 0 or len(evals) == 0:
-            raise UserError(f"decoder attack needs attacker and eval images (got {len(fit)} and {len(evals)}); "
-                            "use more data (--limit_train / --limit_test) or another attack mode")
-        torch.manual_seed(self.seed)  # decoder init and the defence's query noise become reproducible
+    def settings(self) -> dict:
+        return {"decoder": self.gan_AE_type, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "min_lr": self.min_lr, "seed": self.seed}
 
-        was_training = encoder.training
-        grad_flags = [p.requires_grad for p in encoder.parameters()]
-        encoder.eval()
-        for p in encoder.parameters():
-            p.requires_grad_(False)
-        try:
-            return self._run(encoder, split_model, obfuscate, fit, heldout, evals, mean, std, dev, t0)
-        finally:
-            # The caller's model goes back exactly as it came (the defence may keep training it).
-            for p, f in zip(encoder.parameters(), grad_flags):
-                p.requires_grad_(f)
-            encoder.train(was_training)
-
-    def _run(self, encoder, split_model, obfuscate, fit, heldout, evals, mean, std, dev, t0) -> AttackResult:
-        x_fit = fit.x.to(dev)  # uint8 stays uint8 on the device: 4x less memory than float
-        x_held = heldout.x.to(dev) if len(heldout) else None
-        x_eval = evals.x.to(dev)
-        image_size = int(x_fit.shape[-1])
-        feature_shape = tuple(split_model.feature_shape)
-
-        # The eval-mode encoder is deterministic, so clean features can be computed once and the
-        # (possibly random) obfuscation applied fresh to every query batch: the decoder sees
-        # exactly what per-query encoding would give, at a fraction of the cost.
-        cache_bytes = len(fit) * math.prod(feature_shape) * 4
-        z_fit = self._encode(encoder, x_fit, mean, std) if cache_bytes <= self.feature_cache_mb * 2**20 else None
-
-        z_held_clean = self._encode(encoder, x_held, mean, std) if x_held is not None else None
-
-        def features(idx: torch.Tensor) -> torch.Tensor:
-            if z_fit is not None:
-                return z_fit[idx]
-            return self._encode(encoder, x_fit[idx], mean, std)
-
-        decoder = build_decoder(self.gan_AE_type, feature_shape, image_size, out_channels=x_fit.shape[1]).to(dev)
-        captured = capture_enabled(self.capture, dev)
+    def build(self, ctx: Context) -> None:
+        self.model = build_decoder(self.gan_AE_type, ctx.feature_shape, ctx.image_size,
+                                   out_channels=ctx.channels).to(ctx.device)
+        captured = capture_enabled(self.capture, ctx.device)
         # capturable: Adam's step counter lives on the device, so a replayed graph can advance it.
-        opt = torch.optim.Adam(decoder.parameters(), lr=self.lr, weight_decay=self.weight_decay,
-                               **({"capturable": True} if captured else {}))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=self.min_lr)
-        gen = torch.Generator().manual_seed(self.seed)
-        mse = nn.MSELoss()
-        loss_sum = torch.zeros((), device=dev)
-        use_bf16 = self.bf16 and dev.type == "cuda"
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                                    **({"capturable": True} if captured else {}))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=self.epochs, eta_min=self.min_lr)
+        self.loss_sum = torch.zeros((), device=ctx.device)
+        use_bf16 = self.bf16 and ctx.device.type == "cuda"
 
         def step(z: torch.Tensor, target_u8: torch.Tensor) -> None:
             with (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not captured) if use_bf16
                   else contextlib.nullcontext()):
-                rec = decoder(z)
-            loss = mse(rec.float(), target_u8.float().div_(255.0))  # the loss stays fp32
-            opt.zero_grad(set_to_none=True)
+                rec = self.model(z)
+            loss = nn.functional.mse_loss(rec.float(), target_u8.float().div_(255.0))  # the loss stays fp32
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            loss_sum.add_(loss.detach() * target_u8.shape[0])
+            self.opt.step()
+            self.loss_sum.add_(loss.detach() * target_u8.shape[0])
 
-        stepper = StepCapture(step, captured)
-        n = x_fit.shape[0]
-        best_state, best_mse, best_epoch, history = None, math.inf, self.epochs, []
-        bar = tqdm(range(1, self.epochs + 1), desc=f"decoder attack {self.gan_AE_type}",
-                   disable=not self.progress, leave=False)
-        for epoch in bar:
-            decoder.train()
-            perm = torch.randperm(n, generator=gen).to(dev)
-            loss_sum.zero_()
-            seen = 0
-            key = opt.param_groups[0]["lr"]  # baked into a captured step; changes once per epoch
-            for s in range(0, n, self.batch_size):
-                idx = perm[s:s + self.batch_size]
-                if idx.numel() < 2 and seen > 0:
-                    break  # BatchNorm cannot train on a single sample; it is reshuffled next epoch
-                with torch.no_grad():
-                    z = obfuscate(features(idx))
-                stepper(key, z, x_fit[idx])
-                seen += idx.numel()
-            lr_now = opt.param_groups[0]["lr"]
-            sched.step()
+        self.stepper = StepCapture(step, captured, log=self.log)
 
-            if x_held is not None:
-                with torch.no_grad():
-                    z_held = obfuscate(z_held_clean)
-                held_mse = self._mean_mse(decoder, z_held, x_held)
-                loss_val, held_val = torch.stack([loss_sum / seen, held_mse]).tolist()  # one sync per epoch
-                if held_val < best_mse:
-                    best_mse, best_epoch = held_val, epoch
-                    best_state = copy.deepcopy(decoder.state_dict())
-            else:
-                loss_val, held_val = (loss_sum / seen).item(), math.nan
-            history.append({"epoch": epoch, "loss": loss_val, "heldout_mse": held_val, "lr": lr_now})
-            bar.set_postfix(loss=f"{loss_val:.4f}", heldout=f"{held_val:.4f}")
-        bar.close()
+    def training_state(self) -> dict:
+        return {"opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
 
-        # One obfuscated query of the eval images, shared by both decoders for a like-for-like score.
-        z_eval = self._obf_features(encoder, obfuscate, x_eval, mean, std)
-        per_final, grid_recons = self._score(decoder, z_eval, x_eval)
-        if best_state is not None:
-            best_decoder = copy.deepcopy(decoder)
-            best_decoder.load_state_dict(best_state)
-            per_best, _ = self._score(best_decoder, z_eval, x_eval)
-        else:
-            per_best, best_epoch = per_final, self.epochs
+    def load_training_state(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
 
-        mean_image = x_fit.float().mean(0, keepdim=True).div_(255.0)
-        baseline = metrics_in_batches(mean_image.expand_as(x_eval), x_eval.float().div(255.0))
-        return AttackResult(
-            final=summarize(per_final), baseline_mean_image=summarize(baseline),
-            best_heldout=summarize(per_best), best_epoch=int(best_epoch),
-            n_fit=len(fit), n_heldout=len(heldout), n_eval=len(evals), wall_time_s=time.time() - t0,
-            grid_originals=x_eval[:GRID_SIZE].float().div(255.0).cpu(), grid_recons=grid_recons,
-            name=self.gan_AE_type, epochs=self.epochs, per_image_final=per_final, per_image_best=per_best,
-            history=history, model=decoder.eval())
+    def train_epoch(self, ctx: Context, epoch: int, gen: torch.Generator) -> dict:
+        self.loss_sum.zero_()
+        seen = 0
+        key = self.opt.param_groups[0]["lr"]  # baked into a captured step; changes once per epoch
+        for idx in self.batches(ctx, gen):
+            with torch.no_grad():
+                z = ctx.obfuscate(self.fit_features(ctx, idx))
+            self.stepper(key, z, ctx.x_fit[idx])
+            seen += idx.numel()
+        lr_now = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        return {"loss": self.loss_sum / seen, "lr": torch.tensor(lr_now)}
 
-    # --- evaluation helpers -----------------------------------------------------------------------
-    def _obf_features(self, encoder, obfuscate, x_u8, mean, std) -> torch.Tensor:
-        with torch.no_grad():
-            return obfuscate(self._encode(encoder, x_u8, mean, std))
 
-    @torch.no_grad()
-    def _mean_mse(self, decoder, z, x_u8) -> torch.Tensor:
-        decoder.eval()
-        total = torch.zeros((), device=z.device)
-        for s in range(0, z.shape[0], self.batch_size):
-            rec = decoder(z[s:s + self.batch_size])
-            total += (rec - x_u8[s:s + self.batch_size].float().div(255.0)).pow(2).flatten(1).mean(1).sum()
-        return total / z.shape[0]
+def save_decoder(model: nn.Module, path, **extra) -> Path:
+    """A trained decoder with what is needed to rebuild it: architecture name and feature shape."""
+    path = Path(path)
+    torch_save_atomic({"arch": model.name, "feature_shape": list(model.feature_shape),
+                       "image_size": model.image_size, "out_channels": model.head.out_channels,
+                       "state_dict": model.state_dict(), **extra}, path)
+    return path
 
-    @torch.no_grad()
-    def _score(self, decoder, z, x_u8):
-        decoder.eval()
-        chunks, grid = [], None
-        for s in range(0, z.shape[0], self.batch_size):
-            rec = decoder(z[s:s + self.batch_size])
-            chunks.append(per_image_metrics(rec, x_u8[s:s + self.batch_size].float().div(255.0)))
-            if grid is None:
-                grid = rec[:GRID_SIZE].float().cpu()
-        if grid.shape[0] < min(GRID_SIZE, z.shape[0]):  # batch_size < 16: gather the rest
-            grid = decoder(z[:GRID_SIZE]).float().cpu()
-        return concat_metrics(chunks), grid
+
+def load_decoder(path, device="cpu") -> nn.Module:
+    """Rebuild a decoder saved by `save_decoder` and load it strictly."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    model = build_decoder(ck["arch"], ck["feature_shape"], ck["image_size"], ck["out_channels"])
+    model.load_state_dict(ck["state_dict"], strict=True)
+    return model.to(device).eval()

@@ -134,3 +134,24 @@ def test_report_cli_subprocess(runs, tmp_path):
     r = subprocess.run([sys.executable, "-m", "tools.report", str(tmp_path / "nope")], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_gan_columns_beside_the_decoder_ones(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for s in (0.01, 0.05):
+        m = metrics(s, 0.0)
+        gan = json.loads(json.dumps(m["attack"]["decoder"]["train_time"]))
+        gan["final"]["mse_mean"] = 0.5 + s
+        m["attack"]["gan"] = {"train_time": {**gan, "decoder": "res_normN8C64", "epochs": 150}}
+        write(root, f"s{s}", m)
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    with open(out / "results.csv", newline="") as f:
+        header = next(csv.reader(f))
+    i = header.index("decoder_train_time_mse_mean")
+    # The same mode's GAN block follows the decoder's 8 columns (4 metrics x mean/std) directly.
+    assert header.index("gan_train_time_mse_mean") == i + 8
+    md = (out / "results.md").read_text()
+    assert "attacks side by side (train_time)" in md
+    row = next(l for l in md.splitlines() if l.startswith("| 0.05 | 0 |"))
+    assert f"{mse_of(0.05, 0):.4f}" in row and "0.5500" in row  # decoder then GAN in one row

@@ -71,9 +71,15 @@ def _record(path: Path, data: dict) -> dict:
     return rec
 
 
+ATTACK_ORDER = ("decoder", "gan", "rmle")
+
+
 def attack_modes(runs: list[dict]) -> list[tuple[str, str]]:
-    """Every (attack, mode) found in any run, in a stable order."""
-    return sorted({key for r in runs for key in r["attacks"]})
+    """Every (attack, mode) found in any run, mode by mode with the attacks side by side (decoder,
+    gan, rmle, then any other), so the same mode's attacks sit next to each other in tables."""
+    rank = {a: i for i, a in enumerate(ATTACK_ORDER)}
+    return sorted({key for r in runs for key in r["attacks"]},
+                  key=lambda am: (am[1], rank.get(am[0], len(rank)), am[0]))
 
 
 def scores(rec: dict, attack: str, mode: str, which: str) -> dict:

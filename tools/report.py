@@ -10,7 +10,8 @@ warning) and writes into --out (default <folder>):
                 taken from the --which decoder)
   results.md    one table per group of runs (dataset, arch, cut layer, and the other settings that must
                 match: bottleneck, regularisation, τ, epochs); rows σ ascending, columns λ ascending,
-                cells "accuracy / MSE / SSIM / PSNR" for --attack/--mode/--which
+                cells "accuracy / MSE / SSIM / PSNR" for --attack/--mode/--which; where runs carry
+                several attacks (decoder, gan, rmle), a second table per group puts them side by side
   tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ
 Exit status 2 with a one-line message when there is nothing to report.
 """
@@ -108,13 +109,41 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
     return "\n".join(out)
 
 
+def comparison(grouped, mode: str, which: str) -> str:
+    """Per group with more than one attack in `mode`: one row per (σ, λ), the attacks side by side."""
+    out = []
+    for key, runs in grouped:
+        names = [a for a, m in attack_modes(runs) if m == mode]
+        if len(names) < 2:
+            continue
+        tables = {a: cell_table(runs, a, mode, which) for a in names}
+        sigmas, lambdas, _ = tables[names[0]]
+        rows = sorted({k for a in names for k in tables[a][2]}, key=lambda k: (sort_key(k[0]), sort_key(k[1])))
+        out.append(f"### {group_title(key)}: attacks side by side ({mode})\n")
+        out.append("| σ | λ | accuracy | " + " | ".join(f"{a} MSE / SSIM / PSNR" for a in names) + " |")
+        out.append("|---" * (3 + len(names)) + "|")
+        for s, l in rows:
+            cells = [tables[a][2].get((s, l)) for a in names]
+            acc = next((c["acc"] for c in cells if c is not None), None)
+            text = [DASH if c is None else " / ".join([_fmt(c["mse"], ".4f"), _fmt(c["ssim"], ".3f"),
+                                                       _fmt(c["psnr"], ".1f")]) for c in cells]
+            out.append(f"| {_g(s)} | {_g(l)} | {_fmt(acc, '.2f')} | " + " | ".join(text) + " |")
+        out.append("")
+        base = _baseline_text(runs, names[0], mode)
+        out.append((base + " " if base else "") + f"Same evaluation images for every attack ({which} "
+                   "reconstructor); higher MSE and lower SSIM/PSNR mean better privacy.\n")
+    return "\n".join(out)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", help="folder holding run folders with metrics.json (searched recursively)")
     p.add_argument("--out", default=None, help="where to write results.csv/.md and tradeoff.png "
                                                "(default: the folder itself)")
-    p.add_argument("--attack", default="decoder", help="attack shown in the Markdown table and plot")
+    p.add_argument("--attack", default="decoder",
+                   help="attack shown in the paper-style Markdown table and plot: decoder, gan or rmle; runs "
+                        "with several attacks also get a table with the attacks side by side")
     p.add_argument("--mode", default="train_time", choices=["train_time", "infer_time"],
                    help="attacker data mode shown in the Markdown table and plot")
     p.add_argument("--which", default="final", choices=["final", "best_heldout"],
@@ -146,6 +175,8 @@ def run(args) -> list[Path]:
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
     md = markdown(grouped, args.attack, args.mode, args.which)
+    side = comparison(grouped, args.mode, args.which)
+    md = md + ("\n" + side if side else "")
     md_path.write_text(md)
     from tools.plot import tradeoff_figure  # matplotlib is slow to import; only needed here
 

@@ -1,0 +1,190 @@
+"""Run attacks on a trained model and record them in its run folder.
+
+`run_attacks` is what training (`experiment.py`) and `--attack_only` call with a model in memory;
+`attack_run(run_dir, settings)` rebuilds a run from its folder (strictly, through `trained_run`)
+and attacks it: a plain function, so sweep executors can call it per run; `sweep` applies it to
+every finished run below a folder. Results: `metrics.json` → `attack.<attack>.<mode>`, grids
+`images/<attack>_<mode>.png`, trained decoders/generators `attacks/<attack>_<mode>.pt`, resumable
+GAN checkpoints `attacks/gan_<mode>.ckpt.pt` (removed once the attack finished).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from utils import UserError, read_json, seed_everything, write_json
+
+ATTACKS = ("decoder", "gan", "rmle")
+MODES = ("train_time", "infer_time")
+# Flags that only change how a run is attacked (never what was trained); `--attack_only` and
+# run_gan_attack.py may override them.
+ATTACK_KEYS = ("attacks", "attack_modes", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic", "mse_weight",
+               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr")
+DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_epochs": 50,
+            "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
+            "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
+            "rmle_steps": 500, "rmle_lr": 0.05}
+
+
+def add_gan_flags(group) -> None:
+    group.add_argument("--gan_epochs", type=int, default=None,
+                       help="GAN attack epochs (default: 150; 80 for tinyimagenet, as in the paper)")
+    group.add_argument("--n_critic", type=int, default=10, help="critic steps per generator step (default: %(default)s)")
+    group.add_argument("--mse_weight", type=float, default=1500.0,
+                       help="weight of the pixel MSE in the generator loss (default: %(default)s)")
+    group.add_argument("--lr_D", type=float, default=5e-3, help="critic Adam lr (default: %(default)s)")
+    group.add_argument("--lr_G", type=float, default=5e-4, help="generator Adam lr (default: %(default)s)")
+    group.add_argument("--gan_batch_size", type=int, default=128, help="GAN batch size (default: %(default)s)")
+    group.add_argument("--checkpoint_every", type=int, default=5,
+                       help="GAN epochs between resumable checkpoints (default: %(default)s)")
+
+
+def add_rmle_flags(group) -> None:
+    group.add_argument("--rmle_steps", type=int, default=500, help="rMLE Adam steps per image (default: %(default)s)")
+    group.add_argument("--rmle_lr", type=float, default=0.05, help="rMLE Adam lr (default: %(default)s)")
+    group.add_argument("--tv_weight", type=float, default=0.05,
+                       help="rMLE total-variation weight (default: %(default)s)")
+
+
+def parse_list(spec, allowed, flag: str) -> list:
+    items = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    bad = [m for m in items if m not in allowed]
+    if bad or not items:
+        raise UserError(f"bad {flag} '{spec}'; use a comma list of {', '.join(allowed)}")
+    # The decoder goes first: the GAN generator starts from the decoder it saves.
+    return sorted(dict.fromkeys(items), key=allowed.index)
+
+
+def gan_epochs(cfg: dict) -> int:
+    if cfg.get("gan_epochs") is not None:
+        return int(cfg["gan_epochs"])
+    return 80 if str(cfg.get("dataset", "")).lower().startswith("tinyimagenet") else 150
+
+
+def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log):
+    s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+    common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log)
+    if name == "decoder":
+        from attacks.decoder import DecoderAttack
+        return DecoderAttack(gan_AE_type=s["gan_AE_type"], epochs=int(s["attack_epochs"]),
+                             capture=str(s.get("capture", "auto")), bf16=bool(s.get("bf16")), **common)
+    if name == "gan":
+        from attacks.gan import GANAttack
+        return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
+                         n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
+                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}.pt",
+                         checkpoint_path=run_dir / "attacks" / f"gan_{mode}.ckpt.pt",
+                         checkpoint_every=int(s["checkpoint_every"]), **common)
+    from attacks.optimization import RMLEAttack
+    return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]), **common)
+
+
+def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metrics: dict, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict:
+    """Every attack of cfg['attacks'] × cfg['attack_modes'] on `model`; metrics.json after each."""
+    from attacks.decoder import attacker_splits, save_decoder
+    from attacks.grid import save_grid
+
+    run_dir = Path(run_dir)
+    attacks = parse_list(cfg.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
+    modes = parse_list(cfg.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
+    obfuscate = defenses.deployed()
+    for mode in modes:
+        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
+        for name in attacks:
+            attack = make_attack(name, cfg, mode, run_dir, device, progress, log)
+            log(f"{name} attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {len(evals)}, "
+                f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
+                f"{'steps' if name == 'rmle' else 'epochs'}")
+            res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
+            grid = Path("images") / f"{name}_{mode}.png"
+            save_grid(res.grid_originals, res.grid_recons, run_dir / grid)
+            entry = {**res.summary(), "grid": str(grid)}
+            if res.model is not None:
+                saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}.pt", mode=mode, attack=name)
+                entry["saved_model"] = str(saved.relative_to(run_dir))
+            metrics.setdefault("attack", {}).setdefault(name, {})[mode] = entry
+            write_json(run_dir / "metrics.json", metrics)
+            ck = getattr(attack, "checkpoint_path", None)
+            if ck is not None:
+                ck.unlink(missing_ok=True)
+            f, b = res.final, res.baseline_mean_image
+            log(f"  {name} {mode}: MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  PSNR {f['psnr_mean']:.2f} dB "
+                f"(mean-image guess: MSE {b['mse_mean']:.4f} PSNR {b['psnr_mean']:.2f} dB)  "
+                f"{res.wall_time_s:.0f} s  grid: {run_dir / grid}")
+    metrics["status"] = "finished"
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _file_logger(run_dir: Path):
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        with open(run_dir / "log.txt", "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+    return log
+
+
+def attack_run(run_dir, settings: dict) -> dict:
+    """Attack one trained run folder with `settings` (attack flags plus data_root / device / progress).
+
+    The model, cut, bottleneck and defences come from the folder's config.json and best checkpoint,
+    loaded strictly. Returns the updated metrics.json content.
+    """
+    from trained_run import load_trained_run
+
+    run_dir = Path(run_dir)
+    overrides = {k: settings.get(k) for k in (*ATTACK_KEYS, "data_root", "device")}
+    tr = load_trained_run(run_dir, overrides)
+    if tr.metrics.get("status") != "finished" or "train" not in tr.metrics:
+        raise UserError(f"{run_dir} has not finished training (status {tr.metrics.get('status')!r}); "
+                        "finish it with main_MIA.py --resume first")
+    seed_everything(int(tr.cfg["random_seed"]))
+    log = _file_logger(run_dir)
+    for n in tr.notes:
+        log(f"note: {n}")
+    return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, tr.metrics,
+                       progress=bool(settings.get("progress", True)), log=log)
+
+
+def finished_runs(folder) -> list[Path]:
+    """Run folders below `folder` whose training finished (metrics.json says so), sorted."""
+    out = []
+    for path in sorted(Path(folder).rglob("metrics.json")):
+        try:
+            m = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and m.get("status") == "finished" and "train" in m:
+            out.append(path.parent)
+    return out
+
+
+def already_attacked(run_dir: Path, settings: dict) -> bool:
+    m = read_json(Path(run_dir) / "metrics.json")
+    attacks = parse_list(settings.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
+    modes = parse_list(settings.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
+    done = m.get("attack", {}) if isinstance(m.get("attack"), dict) else {}
+    return all(isinstance(done.get(a), dict) and mode in done[a] for a in attacks for mode in modes)
+
+
+def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] = None) -> dict:
+    """Attack every finished run below `folder`; runs already attacked are skipped unless `force`.
+    Returns {run_dir: 'attacked' | 'skipped'}; `run` replaces attack_run (for executors and tests)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"sweep folder '{folder}' does not exist; pass the --folder used for the runs")
+    runs = finished_runs(folder)
+    if not runs:
+        raise UserError(f"no finished run below '{folder}'; train runs with main_MIA.py or run_exp.sh first")
+    status = {}
+    for i, run_dir in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {run_dir}", flush=True)
+        if not force and already_attacked(run_dir, settings):
+            print(f"already attacked: {run_dir} (use --force to attack it again)")
+            status[str(run_dir)] = "skipped"
+            continue
+        (run or attack_run)(run_dir, settings)
+        status[str(run_dir)] = "attacked"
+    return status

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""GAN-based model-inversion attack on trained runs (DESIGN.md §8).
+
+  python run_gan_attack.py runs/quick/<run>  [more run folders ...]
+  python run_gan_attack.py --sweep runs/quick          # every finished run below; attacked ones skipped
+
+The target (architecture, cut layer, bottleneck, defences) is rebuilt from each run's config.json and
+best checkpoint, loaded strictly. The generator starts from the run's saved decoder of the same mode
+(attacks/decoder_<mode>.pt, written by the decoder attack) when it exists. Results: metrics.json →
+attack.gan.<mode>, grid images/gan_<mode>.png, generator attacks/gan_<mode>.pt. A killed attack resumes
+from attacks/gan_<mode>.ckpt.pt when run again.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from attack_runner import add_gan_flags
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by main_MIA.py")
+    p.add_argument("--sweep", metavar="FOLDER", default=None,
+                   help="attack every finished run below FOLDER, skipping runs that already have GAN results")
+    p.add_argument("--force", action="store_true", help="attack again runs that already have GAN results")
+    p.add_argument("--attack_modes", default="train_time",
+                   help="comma list: train_time (the paper's GAN attacker: the defender's training images), "
+                        "infer_time (default: %(default)s)")
+    p.add_argument("--gan_AE_type", default=None,
+                   help="generator architecture, res_normN{N}C{C} or conv_normN{N}C{C} (default: the run's "
+                        "--gan_AE_type, res_normN8C64)")
+    add_gan_flags(p)
+    p.add_argument("--data_root", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    from attack_runner import attack_run, sweep
+    from experiment import main_guard
+    from utils import UserError
+
+    args = build_parser().parse_args(argv)
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "force", "no_progress")}
+    settings.update(attacks="gan", progress=not args.no_progress, device=args.device or "auto")
+
+    def go():
+        if not args.runs and not args.sweep:
+            raise UserError("name run folders to attack, or --sweep FOLDER (see --help)")
+        for i, run_dir in enumerate(args.runs, 1):
+            print(f"[{i}/{len(args.runs)}] GAN attack on {run_dir}", flush=True)
+            attack_run(run_dir, settings)
+        if args.sweep:
+            sweep(args.sweep, settings, force=args.force)
+        return 0
+
+    return main_guard(go)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
