@@ -1,5 +1,6 @@
 """tools.sweep: the sweep's executors (local processes pinned to GPUs or CPU slots; Slurm via submitit)."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def test_sigterm_reaches_every_running_job_and_summary_follows(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == 143, out + err
     assert all("got SIGTERM" in (logs / f"j{i}.log").read_text() for i in range(2))
     assert not (logs / "j2.log").exists()  # never started after the signal
     assert "0 done, 0 skipped (already finished), 0 failed, 2 interrupted, 1 not started" in out
@@ -175,3 +176,12 @@ def test_submitit_executors_run_the_same_jobs(tmp_path, cluster):
     assert "Summary: 1 done, 0 skipped (already finished), 1 failed" in r.stdout
     assert f"failed: bad (exit 5, log {logs / 'bad.log'})" in r.stdout
     assert "fine" in (logs / "ok.log").read_text() and (logs / "slurm").is_dir()
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a Slurm node: it would submit")
+def test_slurm_off_a_cluster_is_one_line(tmp_path):
+    pytest.importorskip("submitit", reason="submitit is optional (requirements-dev.txt)")
+    f = write_jobs(tmp_path / "jobs", [("a", tmp_path / "a.log", ["true"])])
+    r = sweep_cli(f, "--executor", "slurm", "--slurm_time", "10")
+    assert r.returncode == 2 and r.stderr.startswith("error: Slurm submission failed") and "srun" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.log").exists()

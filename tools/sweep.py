@@ -14,7 +14,7 @@ local: one slot per (visible GPU × --jobs-per-gpu), each job pinned to its GPU 
 slurm: through submitit (tools/sweep_slurm.py), one array task per job.
 SIGINT/SIGTERM are forwarded once to every running job (which checkpoints and exits resumable); jobs
 not yet started are not started; the summary lists done / failed / interrupted jobs with their logs.
-Exit status: 0 all done, 1 some failed, 130 interrupted, 2 bad options.
+Exit status: 0 all done, 1 some failed, 2 bad options, 130 / 143 stopped by SIGINT / SIGTERM.
 """
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ class LocalExecutor:
             self.env = {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
         self._lock = threading.Lock()
         self._running = {}
-        self._stop = None
+        self.stopped_by = None  # the signal that stopped the sweep
 
     def _say(self, msg: str) -> None:
         with self._lock:
@@ -205,7 +205,7 @@ class LocalExecutor:
 
     def _forward(self, signum: int) -> None:
         with self._lock:
-            self._stop = signum
+            self.stopped_by = signum
             procs = list(self._running.values())
         for p in procs:
             try:
@@ -225,26 +225,30 @@ class LocalExecutor:
             where = "" if slot is None else f" on GPU {slot}"
             while True:
                 with self._lock:
-                    if self._stop is not None or not pending:
+                    if self.stopped_by is not None or not pending:
                         return
                     i, job = pending.pop(0)
 
                 def started(proc, i=i):
                     with self._lock:
                         self._running[i] = proc
-                        stop = self._stop
+                        stop = self.stopped_by
                     if stop is not None:  # the signal came while this job was starting
-                        self._forward(stop)
+                        try:
+                            os.killpg(proc.pid, stop)
+                        except (ProcessLookupError, PermissionError):
+                            pass
 
                 self._say(f"[{i}/{n}] start  {job.name}{where}  (log: {job.log})")
                 t0 = time.monotonic()
                 rc = run_job(job, env, tee=self.tee, new_session=True, started=started)
                 with self._lock:
                     self._running.pop(i, None)
-                    stopped = self._stop is not None
+                    stopped = self.stopped_by is not None
                 r = results[i - 1]
                 r.rc, r.seconds = rc, time.monotonic() - t0
-                r.status = "done" if rc == 0 else "interrupted" if stopped else "failed"
+                # 130/143: stopped by a signal from elsewhere (main_MIA.py saves and exits resumable)
+                r.status = "done" if rc == 0 else "interrupted" if stopped or rc in (130, 143) else "failed"
                 tail = "" if rc == 0 else f" (exit {rc}; log: {job.log})"
                 self._say(f"[{i}/{n}] {r.status:<6} {job.name}  {fmt_seconds(r.seconds)}{tail}")
 
@@ -258,20 +262,24 @@ class LocalExecutor:
         return results
 
 
-def summarize(results: list, skipped: int, out=None) -> int:
-    """Prints the summary; returns the exit status (130 interrupted, 1 some failed, else 0)."""
+def summarize(results: list, skipped: int, signum: Optional[int] = None, out=None) -> int:
+    """Prints the summary; returns the exit status: 128 + the signal that stopped the sweep (130 SIGINT,
+    143 SIGTERM), else 1 when some job failed, else 0."""
     out = out or sys.stdout
     count = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "not started")}
-    line = f"Summary: {count['done']} done, {skipped} skipped (already finished), {count['failed']} failed"
-    if count["interrupted"] or count["not started"]:
-        line += f", {count['interrupted']} interrupted, {count['not started']} not started"
+    line = (f"Summary: {count['done']} done, {skipped} skipped (already finished), {count['failed']} failed, "
+            f"{count['interrupted']} interrupted")
+    if count["not started"]:
+        line += f", {count['not started']} not started"
     print("\n" + line, file=out)
     for r in results:
         if r.status in ("failed", "interrupted"):
             print(f"  {r.status}: {r.job.name} ({r.note or f'exit {r.rc}'}, log {r.job.log})", file=out)
     if count["interrupted"] or count["not started"]:
-        print("  rerun the same command to resume: finished runs are skipped, interrupted ones resume", file=out)
-        return 130
+        print("  rerun the same command to continue: finished runs are skipped, interrupted ones resume", file=out)
+    if signum is not None:
+        print(f"sweep: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return 1 if count["failed"] else 0
 
 
@@ -300,12 +308,14 @@ def execute(jobs: list, args, skipped: int = 0, out=None) -> int:
     if args.executor == "slurm":
         from tools.sweep_slurm import run_slurm
 
-        results = run_slurm(jobs, args, out)
+        results, signum = run_slurm(jobs, args, out)
     else:
         slots = plan_slots(args.gpus, args.jobs_per_gpu, args.jobs)
         check_pinning(jobs, slots)
-        results = LocalExecutor(slots, out).run(jobs)
-    return summarize(results, skipped, out)
+        executor = LocalExecutor(slots, out)
+        results = executor.run(jobs)
+        signum = executor.stopped_by
+    return summarize(results, skipped, signum, out)
 
 
 def describe(jobs: list, args) -> str:

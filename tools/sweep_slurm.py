@@ -125,9 +125,14 @@ def run_slurm(jobs: list, args, out=None) -> list:
     results = {id(j): Result(j, "not started") for j in jobs}
     submitted = []  # (job, submitit job)
     for folder, group in _groups(jobs).items():
-        executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=args.submitit_cluster)
-        executor.update_parameters(**params)
-        sjobs = executor.map_array(run_job, group, [env] * len(group))
+        try:
+            executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=args.submitit_cluster)
+            executor.update_parameters(**params)
+            sjobs = executor.map_array(run_job, group, [env] * len(group))
+        except Exception as e:  # no srun/sbatch here, sbatch refusing the settings, ...
+            msg = " ".join(str(e).split())[:300] or type(e).__name__
+            raise UserError(f"Slurm submission failed: {msg} (run on a Slurm login node; check the --slurm_* "
+                            "settings with --dry-run)") from None
         submitted += list(zip(group, sjobs))
         ids = ", ".join(sorted({s.job_id.split("_")[0] for s in sjobs}))
         print(f"submitted {len(group)} job(s) to {args.submitit_cluster}: {ids}  (submitit logs: {folder / 'slurm'})",
@@ -155,9 +160,9 @@ def run_slurm(jobs: list, args, out=None) -> list:
                 except Exception as e:  # timeout, node failure, cancellation: submitit's own words
                     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     r.note = f"submitit job {sj.job_id}: {first[:200]}; submitit log {sj.paths.stderr}"
-                r.status = "done" if r.rc == 0 else "interrupted" if sig.received else "failed"
+                r.status = "done" if r.rc == 0 else "interrupted" if sig.received or r.rc in (130, 143) else "failed"
                 tail = "" if r.rc == 0 else f" ({r.note or f'exit {r.rc}'}; log: {job.log})"
                 print(f"[{count}/{n}] {r.status:<6} {job.name}  (job {sj.job_id}){tail}", file=out, flush=True)
             if waiting:
                 time.sleep(poll)
-    return [results[id(j)] for j in jobs]
+    return [results[id(j)] for j in jobs], sig.received
