@@ -171,3 +171,33 @@ def test_captured_attack_agrees_with_eager():
                             (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     a, b = res["off"].final["mse_mean"], res["on"].final["mse_mean"]
     assert abs(a - b) <= 0.05 * a, (a, b)
+
+
+def test_pruning_under_capture_recaptures_and_keeps_training(tmp_path):
+    """PATROL on CUDA with whole-step capture: the pruned model gets fresh graphs, the loss stays finite."""
+    from architectures import build_split_model
+    from datasets import load_dataset
+    from defenses import build_defenses
+    from model_training import Trainer, TrainSettings
+
+    b = load_dataset("digits", str(tmp_path), select_on="test")
+    torch.manual_seed(0)
+    model = build_split_model("vgg11_bn_sgm", 4, b.num_classes, b.image_size, "noRELU_C8S1",
+                              extra_device_layer=True)
+    # no CEM and a constant lr: only the pruning can change the step's key
+    d = build_defenses({"regularization": "Gaussian_kl", "regularization_strength": 0.05, "lambd": 0,
+                        "var_threshold": 0.125, "arch": "vgg11_bn_sgm", "num_epochs": 4,
+                        "AT_regularization": "pruning3", "AT_regularization_strength": 1.0},
+                       b.num_classes, len(b.train))
+    tr = Trainer(model, b, d, GPU, tmp_path / "run", TrainSettings(num_epochs=4, capture="on", milestones="none"),
+                 progress=False, log=lambda m: None)
+    captures = []
+    for e in range(4):  # epoch 1 runs eagerly (lr warm-up), 2 is captured, 3 starts with the pruning
+        tr.defenses.on_epoch_start(tr, e)
+        stats = tr.train_epoch(e)
+        tr.defenses.on_epoch_end(tr)
+        captures.append(tr.stepper.captures)
+        assert torch.isfinite(torch.tensor(stats["train_loss"])), stats
+    assert tr.model.encoder.layer1[0].out_channels == 60 and tr.model.encoder.layer3[0].out_channels == 121
+    assert tr.stepper.failed is None and captures[3] == captures[2] > captures[1] >= 1  # recaptured once, after pruning
+    assert all(p.is_cuda for p in tr.model.parameters())
