@@ -277,6 +277,9 @@ class Trainer:
 
         cem = self.defenses.find("cem")
         resets = best_resets(self.s.num_epochs) if self.s.select_on == "test" else []
+        start = self.defenses.on_train_start(self)  # each defence does its one-off work only once
+        if start:
+            self.log("defences ready: " + "  ".join(f"{k} {v:.4g}" for k, v in start.items()))
         bar = tqdm(range(self.epoch, self.s.num_epochs), initial=self.epoch, total=self.s.num_epochs,
                    desc="training", disable=not self.progress, unit="epoch")
         for epoch in bar:
@@ -298,6 +301,9 @@ class Trainer:
             append_csv_row(self.run_dir / "train_log.csv", {k: row[k] for k in LOG_FIELDS})
             if self.epoch - 1 in resets:  # a function of the epoch alone, so a resumed run resets alike
                 self.best = {"acc": -1.0, "epoch": 0}
+            others = {k: v for k, v in extra.items() if not k.startswith("cem_")}
+            if others:  # e.g. the adversarial defence's decoder SSIM; not a train_log.csv column
+                self.log(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in others.items()))
             if val_acc > self.best["acc"]:
                 self.best = {"acc": val_acc, "epoch": self.epoch}
                 self.save_best()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 
-from defenses import nopeek, obfuscation, pruning  # noqa: F401 (register their --AT_regularization builders)
+from defenses import adversarial, nopeek, obfuscation, pruning  # noqa: F401 (register their --AT_regularization builders)
 from defenses.at_options import ATOptions, at_options, parse_at_options
 from defenses.base import Defense, DefenseStack
 from defenses.cem import CEM, cem_batch_loss, fit_class_kmeans, lambda_eff

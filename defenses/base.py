@@ -10,7 +10,9 @@ class Defense:
     """One defence on the features the device sends.
 
     `obfuscate` is what the device applies before sending (used in training, validation and by every
-    attack); `encoder_loss` is an extra term only the encoder sees; `on_epoch_end` updates any state.
+    attack); `encoder_loss` is an extra term only the encoder sees; `on_train_start` runs once before
+    the first epoch of a run (not again on resume: state that matters is in the checkpoint);
+    `on_epoch_end` updates any state.
     """
 
     name = "defense"
@@ -33,6 +35,10 @@ class Defense:
 
     def encoder_loss(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float) -> Optional[torch.Tensor]:
         return None
+
+    def on_train_start(self, trainer) -> dict:
+        """One-off preparation before training (e.g. pre-training a model); returns scalars to log."""
+        return {}
 
     def on_epoch_start(self, trainer, epoch: int) -> None:
         """Before epoch `epoch` (0-based) trains; may change the model (then calls trainer.structure_changed)."""
@@ -86,6 +92,12 @@ class DefenseStack(Defense):
     def on_epoch_start(self, trainer, epoch):
         for d in self.defenses:
             d.on_epoch_start(trainer, epoch)
+
+    def on_train_start(self, trainer):
+        logs = {}
+        for d in self.defenses:
+            logs.update(d.on_train_start(trainer))
+        return logs
 
     def on_epoch_end(self, trainer):
         logs = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from utils import UserError
 
 
 @dataclass
@@ -34,6 +33,3 @@ def register_at(name: str):
     return deco
 
 
-@register_at("gan_adv")
-def _gan_adv_placeholder(opts, ctx):
-    raise UserError("--AT_regularization gan_adv is not available yet in this version; drop the gan_adv part")
