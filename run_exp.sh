@@ -28,6 +28,11 @@ which beats the dataset preset, which beats the built-in default):
   --cutlayers "4 5"            cut layers [CUTLAYERS]                            (4)
   --sigmas "0.01 0.05"         Gaussian noise std values σ [SIGMAS]    (0.01 0.025 0.05 0.1 0.15)
   --lambdas "0 16"             CEM weights λ [LAMBDAS]                           (0 8 16)
+  --defenses "None dropout0.2" --AT_regularization values to sweep [DEFENSES]    (None)
+                               (gan_adv_stepN, dropoutP, topkpruneP, pruningE, local_dp[_gaussian],
+                               nopeek, joined by '_'; None = noise/CEM only)
+  --at_strengths "1"           --AT_regularization_strength values [AT_STRENGTHS] (1)
+                               (0 would switch a defence off, so it is refused here)
   --arch NAME                  [ARCH]                                            (vgg11_bn_sgm)
   --bottleneck NAME            bottleneck option [BOTTLENECK]                    (noRELU_C8S1)
   --var_threshold T            CEM threshold τ [VAR_THRESHOLD]                   (0.125)
@@ -45,6 +50,10 @@ which beats the dataset preset, which beats the built-in default):
   --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]
   --tag TEXT                   suffix for run names, e.g. to keep runs with other --extra apart [TAG]
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
+  --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
+                               dropout0.2 topkprune0.5 gan_adv_step1_pruning180", --at_strengths 1,
+                               λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win);
+                               `python -m tools.report` then adds the CEM-gain table
   --quick                      small CEM-vs-no-CEM demo: σ "0.025 0.1", λ "0 16", few epochs, data
                                limited with --limit_train/--limit_test, folder ./runs/quick; uses
                                CIFAR-10 if available (or downloadable), else scikit-learn digits
@@ -65,7 +74,7 @@ note() { echo "$*" >&2; }
 
 # Settings that follow the precedence flag > environment > preset > default.
 VARS="DATASETS ARCH CUTLAYERS BOTTLENECK SIGMAS LAMBDAS VAR_THRESHOLD LOG_ENTROPY LR EPOCHS BATCH
-ATTACK_EPOCHS GAN_AE_TYPE REGULARIZATION SEED DATA_ROOT FOLDER DEVICE EXTRA TAG PYTHON"
+ATTACK_EPOCHS GAN_AE_TYPE REGULARIZATION SEED DATA_ROOT FOLDER DEVICE EXTRA TAG PYTHON DEFENSES AT_STRENGTHS"
 is_set() { eval "[[ -n \${$1+x} ]]"; }
 
 # Remember what the environment says before defaults overwrite the same names.
@@ -76,6 +85,7 @@ done
 
 QUICK=0
 DRY_RUN=0
+PRESET=""
 set_flag() { printf -v "FLAG_$1" '%s' "$2"; }
 while [[ $# -gt 0 ]]; do
   arg=$1
@@ -89,7 +99,7 @@ while [[ $# -gt 0 ]]; do
     --dataset|--datasets|--cutlayer|--cutlayers|--sigma|--sigmas|--lambd|--lambda|--lambdas|--arch|\
     --bottleneck|--bottleneck_option|--var_threshold|--log_entropy|--regularization|--lr|--learning_rate|\
     --epochs|--num_epochs|--batch_size|--batch|--attack_epochs|--gan_AE_type|--seed|--random_seed|\
-    --data_root|--folder|--device|--extra|--tag|--python)
+    --data_root|--folder|--device|--extra|--tag|--python|--defenses|--at_strengths|--preset)
       [[ $# -ge 2 ]] || die "option $arg needs a value (see --help)" ;;
     *) die "unknown option '$arg' (see --help)" ;;
   esac
@@ -115,6 +125,9 @@ while [[ $# -gt 0 ]]; do
     --extra) set_flag EXTRA "$2" ;;
     --tag) set_flag TAG "$2" ;;
     --python) set_flag PYTHON "$2" ;;
+    --defenses) set_flag DEFENSES "$2" ;;
+    --at_strengths) set_flag AT_STRENGTHS "$2" ;;
+    --preset) PRESET=$2 ;;
   esac
   shift 2
 done
@@ -126,7 +139,11 @@ configure() {
   SIGMAS="0.01 0.025 0.05 0.1 0.15" LAMBDAS="0 8 16" LOG_ENTROPY=1 LR=0.05 EPOCHS=240 BATCH=128
   ATTACK_EPOCHS=50 GAN_AE_TYPE=res_normN8C64 REGULARIZATION=Gaussian_kl SEED=125 DATA_ROOT=./data
   FOLDER=./runs/$(safe_name "$ds") DEVICE=auto EXTRA="" TAG="" PYTHON=python
-  QUICK_EXTRA=""
+  QUICK_EXTRA="" DEFENSES=None AT_STRENGTHS=1
+  if [[ $PRESET == defenses ]]; then
+    DEFENSES="None gan_adv_step1 dropout0.2 topkprune0.5 gan_adv_step1_pruning180" AT_STRENGTHS=1
+    LAMBDAS="0 16" FOLDER=./runs/cifar10_defenses
+  fi
   if [[ $QUICK == 1 ]]; then
     SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
     FOLDER=$QUICK_FOLDER
@@ -165,10 +182,21 @@ validate() {
     [[ $x =~ $INT_RE ]] || die "'$x' is not a whole number (check --cutlayers/--epochs/--batch_size/--attack_epochs/--seed/--log_entropy)"
   done
   [[ -n $SIGMAS && -n $LAMBDAS && -n $CUTLAYERS ]] || die "empty --sigmas, --lambdas or --cutlayers"
+  [[ -n ${DEFENSES// /} && -n ${AT_STRENGTHS// /} ]] || die "empty --defenses or --at_strengths (use None for no extra defence)"
+  for x in $AT_STRENGTHS; do
+    [[ $x =~ $NUM_RE ]] || die "'$x' is not a non-negative number (check --at_strengths)"
+    [[ $x =~ [1-9] ]] || die "--at_strengths 0 switches every --AT_regularization defence off; use --defenses None instead"
+  done
+  for x in $DEFENSES; do
+    [[ $x =~ ^[A-Za-z0-9_.+-]+$ ]] || die "'$x' is not an --AT_regularization value (check --defenses)"
+  done
   command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")" || die "cannot enter the repository folder"
+[[ -z $PRESET || $PRESET == defenses ]] || die "unknown --preset '$PRESET'; the one preset is 'defenses'"
+[[ $PRESET == defenses && $QUICK == 1 ]] && die "--preset defenses and --quick do not combine; use --preset defenses with --epochs/--extra to shrink it"
+[[ $PRESET == defenses ]] && ! is_set FLAG_DATASETS && ! is_set ENV_DATASETS && FLAG_DATASETS=cifar10
 
 # Datasets: an explicit choice wins; --quick otherwise prefers CIFAR-10 and falls back to digits.
 if is_set FLAG_DATASETS; then DATASETS=$FLAG_DATASETS
@@ -214,10 +242,15 @@ for ds in $DATASETS; do
   validate
   [[ " ${folders[*]-} " == *" $FOLDER "* ]] || folders+=("$FOLDER")
   for cut in $CUTLAYERS; do
+   for def in $DEFENSES; do
+    # A run without an extra defence needs no strength: one run, not one per strength.
+    if [[ ${def,,} == none ]]; then strengths=0; else strengths=$AT_STRENGTHS; fi
+    for st in $strengths; do
     for s in $SIGMAS; do
       for l in $LAMBDAS; do
         fn="$(safe_name "$ds")_${ARCH}_cut${cut}_${BOTTLENECK}_sigma${s}_lambd${l}_tau${VAR_THRESHOLD}_ep${EPOCHS}_seed${SEED}"
         [[ $REGULARIZATION == Gaussian_kl ]] || fn+="_$REGULARIZATION"
+        [[ ${def,,} == none ]] || fn+="_${def}_at${st}"
         [[ -z $TAG ]] || fn+="_$TAG"
         fn=$(safe_name "$fn")
         run_dir=$FOLDER/$fn
@@ -228,6 +261,7 @@ for ds in $DATASETS; do
              --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
              --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
              --filename "$fn" --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
+        [[ ${def,,} == none ]] || cmd+=(--AT_regularization "$def" --AT_regularization_strength "$st")
         if finished "$run_dir/metrics.json"; then
           n_skip=$((n_skip + 1))
           [[ $DRY_RUN == 1 ]] && echo "[skip] $(quote "${cmd[@]}")"
@@ -252,6 +286,8 @@ for ds in $DATASETS; do
         fi
       done
     done
+    done
+   done
   done
 done
 

@@ -5,7 +5,7 @@ The paper scripts combine options in one string (`gan_adv_step1_pruning180`, `dr
 turns all of them off. The paper code finds each option by substring search; here the string is
 read token by token, so text that is not an option, a repeated option or a value out of range is
 an error instead of being ignored. One deliberate reading differs: `gan_adv_step1_pruning180` means
-1 step (the paper code's `split("step")` parse yields 3 there, from the trailing digits).
+1 step (the paper code's parser yields 3 there).
 
 Only parsing lives here; the defence objects are built by `defenses.build_defenses` from the
 registry `AT_BUILDERS` (keyed by option name), so a new option adds one token and one builder.

@@ -155,3 +155,31 @@ def test_gan_columns_beside_the_decoder_ones(tmp_path, capsys):
     assert "attacks side by side (train_time)" in md
     row = next(l for l in md.splitlines() if l.startswith("| 0.05 | 0 |"))
     assert f"{mse_of(0.05, 0):.4f}" in row and "0.5500" in row  # decoder then GAN in one row
+
+
+def test_cem_gain_table_per_defence(tmp_path, capsys):
+    root = tmp_path / "defs"
+    mse = {("None", 0.0): 0.020, ("None", 16.0): 0.025, ("dropout0.2", 0.0): 0.040, ("dropout0.2", 16.0): 0.050}
+    acc = {("None", 0.0): 80.0, ("None", 16.0): 79.5, ("dropout0.2", 0.0): 75.0, ("dropout0.2", 16.0): 75.25}
+    for (d, l), m in mse.items():
+        obj = metrics(0.05, l)
+        obj["config"].update(AT_regularization=d, AT_regularization_strength=0 if d == "None" else 1.0,
+                             filename=f"{d}_{l:g}")
+        obj["attack"]["decoder"]["train_time"]["final"]["mse_mean"] = m
+        obj["train"]["test_acc"] = acc[(d, l)]
+        write(root, f"{d}_{l:g}", obj)
+    # strength 0 switches a defence off: such a run counts as a plain one (averaged into None)
+    assert report.main([str(root)]) == 0
+    md = (root / "results.md").read_text()
+    assert "## CEM gain per defence" in md
+    rows = [l for l in md.splitlines() if l.startswith("| None |") or l.startswith("| dropout0.2 (s=1) |")]
+    assert len(rows) == 2, md
+    none_row = [c.strip() for c in rows[0].split("|")[1:-1]]
+    drop_row = [c.strip() for c in rows[1].split("|")[1:-1]]
+    assert none_row[4] == "79.50" and none_row[5] == "-0.50" and none_row[8] == "+25.0%"
+    assert drop_row[6] == "0.0400" and drop_row[7] == "0.0500" and drop_row[8] == "+25.0%" and drop_row[5] == "+0.25"
+    # the σ×λ tables keep defences apart
+    assert md.count("defence dropout0.2 (strength 1)") == 1
+    with open(root / "results.csv") as f:
+        got = {(r["defense"], r["lambd"]) for r in csv.DictReader(f)}
+    assert ("dropout0.2", "16.0") in got and ("None", "0.0") in got

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "run_exp.sh"
 SWEEP_VARS = ("DATASET", "DATASETS", "ARCH", "CUTLAYERS", "BOTTLENECK", "SIGMAS", "LAMBDAS", "VAR_THRESHOLD",
               "LOG_ENTROPY", "LR", "EPOCHS", "BATCH", "ATTACK_EPOCHS", "GAN_AE_TYPE", "REGULARIZATION", "SEED",
-              "DATA_ROOT", "FOLDER", "DEVICE", "EXTRA", "TAG")
+              "DATA_ROOT", "FOLDER", "DEVICE", "EXTRA", "TAG", "DEFENSES", "AT_STRENGTHS")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
@@ -130,6 +130,25 @@ def test_bad_options_exit_2(tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     r = sh("--help")
     assert r.returncode == 0 and "--sigmas" in r.stdout and "--quick" in r.stdout
+
+
+def test_defenses_sweep_dimension_and_preset(tmp_path):
+    cmds = commands(sh("--dry-run", "--defenses", "None dropout0.2 gan_adv_step1", "--at_strengths", "0.5 1",
+                       "--sigmas", "0.05", "--lambdas", "0 16", tmp=tmp_path))
+    assert len(cmds) == 2 + 2 * 2 * 2  # None runs once, each defence once per strength; x2 lambdas
+    plain = [c for c in cmds if "--AT_regularization" not in c]
+    assert len(plain) == 2
+    pairs = {(flag(c, "--AT_regularization"), flag(c, "--AT_regularization_strength")) for c in cmds if c not in plain}
+    assert pairs == {(d, s) for d in ("dropout0.2", "gan_adv_step1") for s in ("0.5", "1")}
+    assert len({flag(c, "--filename") for c in cmds}) == len(cmds)
+    preset = commands(sh("--dry-run", "--preset", "defenses", "--sigmas", "0.05", tmp=tmp_path))
+    defs = {flag(c, "--AT_regularization") if "--AT_regularization" in c else "None" for c in preset}
+    assert defs == {"None", "gan_adv_step1", "dropout0.2", "topkprune0.5", "gan_adv_step1_pruning180"}
+    assert len(preset) == 10 and all("--dataset cifar10" in c for c in preset)
+    assert {flag(c, "--lambd") for c in preset} == {"0", "16"}
+    for args in (("--at_strengths", "0"), ("--preset", "paper"), ("--defenses", "a;b")):
+        r = sh("--dry-run", "--defenses", "dropout0.2", *args, tmp=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
 FAKE_MAIN = r'''

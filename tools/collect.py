@@ -12,7 +12,7 @@ METRICS = ("mse", "ssim", "ssim_lib", "psnr")
 # Besides dataset/arch/cutlayer, these settings change what a cell means, so runs that differ in
 # them must not share a table even though the paper's tables group only by dataset, arch and cut.
 GROUP_KEYS = ("dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "var_threshold",
-              "num_epochs")
+              "num_epochs", "defense", "at_strength")
 
 
 def _num(x):
@@ -61,6 +61,10 @@ def _record(path: Path, data: dict) -> dict:
         "test_acc": _num(train.get("test_acc")),
         "attacks": {},
     }
+    # The --AT_regularization defence; strength 0 switches it off, so such a run is a plain one.
+    at, st = cfg.get("AT_regularization"), _num(cfg.get("AT_regularization_strength"))
+    on = at not in (None, "") and str(at).lower() != "none" and bool(st)
+    rec["defense"], rec["at_strength"] = (str(at), st) if on else ("None", None)
     attacks = data.get("attack") if isinstance(data.get("attack"), dict) else {}
     for attack, modes in attacks.items():
         if not isinstance(modes, dict):
@@ -113,6 +117,8 @@ def group_title(key: tuple) -> str:
         parts.append(f"τ={d['var_threshold']:g}")
     if d["num_epochs"] is not None:
         parts.append(f"{d['num_epochs']:g} epoch{'' if d['num_epochs'] == 1 else 's'}")
+    if d.get("defense") not in (None, "None"):
+        parts.append(f"defence {d['defense']} (strength {d['at_strength']:g})")
     return ", ".join(parts)
 
 

@@ -9,9 +9,12 @@ warning) and writes into --out (default <folder>):
                 convention), PSNR for every attack mode found (columns <attack>_<mode>_<metric>_<stat>,
                 taken from the --which decoder)
   results.md    one table per group of runs (dataset, arch, cut layer, and the other settings that must
-                match: bottleneck, regularisation, τ, epochs); rows σ ascending, columns λ ascending,
-                cells "accuracy / MSE / SSIM / PSNR" for --attack/--mode/--which; where runs carry
-                several attacks (decoder, gan, rmle), a second table per group puts them side by side
+                match: bottleneck, regularisation, τ, epochs, --AT_regularization defence and strength);
+                rows σ ascending, columns λ ascending, cells "accuracy / MSE / SSIM / PSNR" for
+                --attack/--mode/--which; where runs carry several attacks (decoder, gan, rmle), a
+                second table per group puts them side by side; then, where runs with λ = 0 and λ > 0
+                share a setting, the CEM-gain table: per defence and σ, attack MSE without and with
+                CEM, the gain (MSE_λ − MSE_0)/MSE_0 in percent (the paper's form) and the accuracy change
   tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ
 Exit status 2 with a one-line message when there is nothing to report.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
-                  "lambd", "var_threshold", "num_epochs", "test_acc"]
+                  "lambd", "var_threshold", "num_epochs", "defense", "at_strength", "test_acc"]
 DASH = "–"
 
 
@@ -48,7 +51,8 @@ def write_csv(runs, path: Path, which: str) -> None:
     metric_cols = [f"{a}_{m}_{k}_{s}" for a, m in modes for k in METRICS for s in ("mean", "std")]
     metric_cols = [c for c in metric_cols if any(sc.get(c) is not None for sc in flat)]
     order = sorted(range(len(runs)), key=lambda i: tuple(
-        sort_key(runs[i][k]) for k in ("dataset", "arch", "cutlayer", "sigma", "lambd", "filename")))
+        sort_key(runs[i][k]) for k in ("dataset", "arch", "cutlayer", "defense", "at_strength", "sigma", "lambd",
+                                       "filename")))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(CONFIG_COLUMNS + metric_cols)
@@ -177,6 +181,9 @@ def run(args) -> list[Path]:
     md = markdown(grouped, args.attack, args.mode, args.which)
     side = comparison(grouped, args.mode, args.which)
     md = md + ("\n" + side if side else "")
+    from tools.gain import gain_markdown
+
+    md += gain_markdown(grouped, args.attack, args.mode, args.which)
     md_path.write_text(md)
     from tools.plot import tradeoff_figure  # matplotlib is slow to import; only needed here
 
