@@ -137,7 +137,8 @@ def load_trained_run(run_dir, overrides: Optional[dict] = None, device=None) -> 
                         f"config.json records {tuple(saved_shape)}; the run comes from another version")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
+        defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train), feature_shape=tuple(model.feature_shape),
+                                  image_size=bundle.image_size, mean=bundle.mean, std=bundle.std)
     defenses.to(device)
     model.eval()
     return TrainedRun(dir=run_dir, cfg=cfg, metrics=metrics, bundle=bundle, model=model, defenses=defenses,

@@ -98,6 +98,9 @@ def test_gan_adv_run_resumes_exactly(tmp_path):
     for k in da["decoder"]:
         assert torch.equal(da["decoder"][k], db["decoder"][k]), k
     assert "adv_decoder_ssim" in (tmp_path / "runs" / "full" / "log.txt").read_text()
+    again = run_experiment(_cfg(tmp_path, filename="full", attack_only=True, attack_epochs=1,
+                                gan_AE_type="res_normN0C8", attack_modes="infer_time"), progress=False)
+    assert again["status"] == "finished" and "infer_time" in again["attack"]["decoder"]  # rebuilt with gan_adv
 
 
 def test_decoder_attack_on_a_dropout_run_sees_dropped_out_features(tmp_path, monkeypatch):
@@ -115,3 +118,6 @@ def test_decoder_attack_on_a_dropout_run_sees_dropped_out_features(tmp_path, mon
     out = run_experiment(cfg, progress=False)
     assert out["status"] == "finished" and "infer_time" in out["attack"]["decoder"]
     assert seen and all(abs(f - 0.5) < 0.1 for f in seen), seen  # noise, then dropout: exact zeros reach it
+    seen.clear()
+    run_experiment({**cfg, "attack_only": True}, progress=False)  # the re-attack path deploys it too
+    assert seen and all(abs(f - 0.5) < 0.1 for f in seen), seen
