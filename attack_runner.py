@@ -171,7 +171,9 @@ def already_attacked(run_dir: Path, settings: dict) -> bool:
 
 def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] = None) -> dict:
     """Attack every finished run below `folder`; runs already attacked are skipped unless `force`.
-    Returns {run_dir: 'attacked' | 'skipped'}; `run` replaces attack_run (for executors and tests)."""
+    A run that fails with a user error is reported and the others still run; the failures are then
+    raised together. Returns {run_dir: 'attacked' | 'skipped'}; `run` replaces attack_run (for
+    executors and tests)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"sweep folder '{folder}' does not exist; pass the --folder used for the runs")
@@ -185,6 +187,15 @@ def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] =
             print(f"already attacked: {run_dir} (use --force to attack it again)")
             status[str(run_dir)] = "skipped"
             continue
-        (run or attack_run)(run_dir, settings)
+        try:
+            (run or attack_run)(run_dir, settings)
+        except UserError as e:  # one bad run folder must not stop the others
+            print(f"failed: {run_dir}: {e}", flush=True)
+            status[str(run_dir)] = "failed"
+            continue
         status[str(run_dir)] = "attacked"
+    failed = [r for r, st in status.items() if st == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(runs)} run(s) could not be attacked ({', '.join(failed)}); "
+                        "see the 'failed:' lines above")
     return status

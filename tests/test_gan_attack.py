@@ -13,6 +13,7 @@ from attack_runner import attack_run, sweep
 from attacks.base import Context
 from attacks.decoder import load_decoder, save_decoder
 from attacks.gan import GANAttack, critic_loss, gradient_penalty
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = {"gan_AE_type": "res_normN0C8", "gan_epochs": 1, "gan_batch_size": 32, "attack_modes": "train_time",
@@ -137,6 +138,15 @@ def test_sweep_skips_attacked_runs(tmp_path):
     seen.clear()
     sweep(tmp_path, TINY, force=True, run=lambda r, s: seen.append(r.name))
     assert seen == ["a", "b"]
+
+    def fails_on_a(r, s):
+        seen.append(r.name)
+        if r.name == "a":
+            raise UserError("broken")
+    seen.clear()
+    with pytest.raises(UserError, match="1 of 2 run"):
+        sweep(tmp_path, TINY, force=True, run=fails_on_a)
+    assert seen == ["a", "b"]  # b is still attacked after a failed
 
 
 def _cli(capsys, *argv):
