@@ -20,11 +20,11 @@ MODES = ("train_time", "infer_time")
 # Flags that only change how a run is attacked (never what was trained); `--attack_only` and
 # run_gan_attack.py may override them.
 ATTACK_KEYS = ("attacks", "attack_modes", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic", "mse_weight",
-               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr")
+               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr", "rmle_max_images")
 DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_epochs": 50,
             "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
             "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
-            "rmle_steps": 500, "rmle_lr": 0.05}
+            "rmle_steps": 500, "rmle_lr": 0.05, "rmle_max_images": None}
 
 
 def add_gan_flags(group) -> None:
@@ -45,6 +45,9 @@ def add_rmle_flags(group) -> None:
     group.add_argument("--rmle_lr", type=float, default=0.05, help="rMLE Adam lr (default: %(default)s)")
     group.add_argument("--tv_weight", type=float, default=0.05,
                        help="rMLE total-variation weight (default: %(default)s)")
+    group.add_argument("--rmle_max_images", type=int, default=None,
+                       help="score rMLE on the first N eval images only (they span the classes); its cost grows "
+                            "with every image (default: all)")
 
 
 def parse_list(spec, allowed, flag: str) -> list:
@@ -77,7 +80,8 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
                          checkpoint_path=run_dir / "attacks" / f"gan_{mode}.ckpt.pt",
                          checkpoint_every=int(s["checkpoint_every"]), **common)
     from attacks.optimization import RMLEAttack
-    return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]), **common)
+    return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]),
+                      eval_limit=s["rmle_max_images"], **common)
 
 
 def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metrics: dict, progress: bool = True,

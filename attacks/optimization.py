@@ -44,7 +44,7 @@ class RMLEAttack(Attack):
 
     def settings(self) -> dict:
         return {"steps": self.steps, "lr": self.lr, "tv_weight": self.tv_weight, "batch_size": self.batch_size,
-                "seed": self.seed}
+                "seed": self.seed, "max_images": self.eval_limit}
 
     def fit(self, ctx: Context) -> Fitted:
         start = to_unit(ctx.x_fit).mean(0, keepdim=True).clamp(0.01, 0.99)

@@ -71,13 +71,14 @@ def test_attack_only_runs_a_list_of_attacks(tmp_path, capsys):
     argv = ["--attack_only", "--folder", str(tmp_path / "runs"), "--filename", "r", "--dataset", "digits",
             "--data_root", str(tmp_path), "--device", "cpu", "--no_progress", "--attack_modes", "train_time",
             "--attacks", "rmle,decoder", "--attack_epochs", "1", "--gan_AE_type", "res_normN0C8",
-            "--rmle_steps", "3"]
+            "--rmle_max_images", "5", "--rmle_steps", "3"]
     assert main_MIA.main(argv) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert set(m["attack"]) == {"decoder", "rmle"}
     assert m["attack"]["rmle"]["train_time"]["settings"]["steps"] == 3
+    assert m["attack"]["rmle"]["train_time"]["n_eval"] == 5 and m["attack"]["decoder"]["train_time"]["n_eval"] == 12
     assert (run / "images" / "rmle_train_time.png").exists()
     saved = torch.load(run / "attacks" / "decoder_train_time.pt", weights_only=False)
     assert saved["arch"] == "res_normN0C8" and tuple(saved["feature_shape"]) == (4, 16, 16)
-    assert main_MIA.main(argv[:-4] + ["--attacks", "decoder,magic"]) == 2
+    assert main_MIA.main(argv[:-6] + ["--attacks", "decoder,magic"]) == 2
     assert "--attacks" in capsys.readouterr().err
