@@ -98,7 +98,8 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
         for name in attacks:
             attack = make_attack(name, cfg, mode, run_dir, device, progress, log)
-            log(f"{name} attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {len(evals)}, "
+            n_eval = min(len(evals), getattr(attack, "eval_limit", None) or len(evals))
+            log(f"{name} attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {n_eval}, "
                 f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
                 f"{'steps' if name == 'rmle' else 'epochs'}")
             res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
