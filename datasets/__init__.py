@@ -13,7 +13,7 @@ Roles: `test` is the data set's own test split (reported accuracy). With select_
 seeded random `val_fraction` of the training set, removed from `train`; with select_on="test", `val`
 is None and `train` is the whole training set (the paper code's protocol). limit_train / limit_test keep
 a seeded random subset of that many images (in source order) and are applied before the val split.
-Normalisation: published mean/std for cifar10/100, tinyimagenet, facescrub (0.5/0.5, as the paper code);
+Normalisation: the paper code's mean/std for cifar10/100, tinyimagenet and facescrub;
 for digits and bring-your-own data, computed from all training images before any limit or val split,
 so a data set's normalisation does not depend on the seed.
 """
