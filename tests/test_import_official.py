@@ -176,3 +176,85 @@ def test_allowed_globals_are_the_layouts_pickle_globals():
             listed |= set(entry.get("pickle_globals", ()))
     assert listed and listed <= ALLOWED_GLOBALS
     assert ALLOWED_GLOBALS - listed <= {"builtins.set"}  # __builtin__.set as Python 3 may name it
+
+
+# ---------------------------------------------------------------- PATROL: the encoder is a pickled module
+def _author_classes():
+    """Classes named as the authors' ResNet modules, so a pickle refers to them as the published one does."""
+    import types
+
+    pkg = sys.modules.setdefault("model_architectures", types.ModuleType("model_architectures"))
+    mod = sys.modules.get("model_architectures.resnet_cifar")
+    if mod is None:
+        mod = types.ModuleType("model_architectures.resnet_cifar")
+        for name in ("conv5x5", "ResNetBasicblock", "DownsampleA"):
+            setattr(mod, name, type(name, (nn.Module,), {"__module__": mod.__name__}))
+        sys.modules[mod.__name__] = pkg.resnet_cifar = mod
+    return mod
+
+
+def _leaf(keys, prefix):
+    """The torch.nn module whose tensors are `keys` under `prefix` (conv from its weight, or BatchNorm)."""
+    names = {k[len(prefix):]: shape for k, shape in keys if k.startswith(prefix) and "." not in k[len(prefix):]}
+    w = names["weight"]
+    if "running_mean" in names:
+        return nn.BatchNorm2d(w[0])
+    return nn.Conv2d(w[1], w[0], w[2], padding=w[2] // 2, bias="bias" in names)
+
+
+def patrol_encoder_module(layout):
+    """The pickled encoder of a PATROL run, rebuilt from the layout (keys and forward order)."""
+    keys = [(k, tuple(s)) for k, s in next(e for e in layout["files"] if e["file"].startswith("checkpoint_f_"))["keys"]]
+    author = _author_classes()
+    seq = nn.Sequential()
+    for entry in layout["forward_order_after_pruning"]:
+        if not entry["part"].startswith("client"):
+            continue
+        i, kind = entry["index"], entry["type"]
+        if kind in ("Conv2d", "BatchNorm2d"):
+            m = _leaf(keys, f"{i}.")
+        elif kind in ("ReLU", "Sigmoid", "MaxPool2d"):
+            m = {"ReLU": nn.ReLU(), "Sigmoid": nn.Sigmoid(), "MaxPool2d": nn.MaxPool2d(2, 2)}[kind]
+        else:  # conv5x5 / ResNetBasicblock: children named as in the keys
+            m = getattr(author, kind)()
+            subs = dict.fromkeys(k.split(".")[1] for k, _ in keys if k.startswith(f"{i}."))  # saved order
+            for sub in subs:
+                m.add_module(sub, _leaf(keys, f"{i}.{sub}."))
+            if kind == "ResNetBasicblock" and m.conv_a.in_channels != m.conv_b.out_channels:
+                m.downsample = author.DownsampleA()
+                m.downsample.avg = nn.AvgPool2d(kernel_size=1, stride=2)
+        seq.add_module(i, m)
+    return seq
+
+
+@pytest.mark.parametrize("config", ["a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1", "d_tinyimagenet_resnet20_cut5_noRELU_C8S1"])
+def test_patrol_run_imports_with_its_pruned_shapes(config, tmp_path):
+    from tools.import_official import build_parser, import_official
+    from trained_run import load_trained_run
+
+    layout = _layout(f"{config}__PATROL")
+    s = layout["settings"]
+    files, x = generate_weights(layout)
+    ckpt = tmp_path / "gan_adv_step1_pruning190_infocons_sgm_lg1_thre0.125" / RUN_NAME
+    ckpt.mkdir(parents=True)
+    module = patrol_encoder_module(layout)
+    module.load_state_dict(files["checkpoint_f"], strict=True)
+    torch.save(module, ckpt / "checkpoint_f_best.tar")
+    for stem in ("checkpoint_cloud", "checkpoint_classifier"):
+        torch.save(files[stem], ckpt / f"{stem}_best.tar")
+    data = fake_npz(tmp_path, s["num_class"], s["image_size"])
+    args = build_parser().parse_args([str(ckpt), "--dataset", data, "--data_root", str(tmp_path), "--limit_test", "20",
+                                      "--arch", s["arch"], "--cutlayer", str(s["cutlayer"]),
+                                      "--folder", str(tmp_path / "runs"), "--filename", "imp", "--device", "cpu"])
+    assert import_official(args, progress=False)["imported_from"]["variant"] == "PATROL"
+    tr = load_trained_run(tmp_path / "runs" / "imp", device="cpu")
+    ours = list(tr.model.encoder.state_dict().values())
+    theirs = list(files["checkpoint_f"].values())
+    assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+    assert tr.cfg["AT_regularization"] == "pruning190"
+    if s["arch"].startswith("vgg"):  # torch.nn only: the published encoder itself can run
+        module.eval()
+        with torch.no_grad():
+            assert torch.allclose(tr.model.encoder(x), module(x), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert tr.model(x).shape == (4, s["num_class"])

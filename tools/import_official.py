@@ -18,13 +18,14 @@ import hashlib
 import re
 import sys
 from pathlib import Path
+from typing import Tuple
 
 import torch
 
 from utils import UserError, check_writable_dir, resolve_device, seed_everything, torch_save_atomic, write_json
 
 from .official_ckpt import detect_variant, find_published_files, read_published_file
-from .official_layout import PARTS, load_published
+from .official_layout import PARTS, load_published, map_part
 
 # The paper's model per dataset (README of official_ckpt_layouts): arch, cut layer, bottleneck.
 PRESETS = {"tinyimagenet": ("resnet20", 5, "noRELU_C8S1")}
@@ -33,7 +34,8 @@ DEFAULT_PRESET = ("vgg11_bn_sgm", 4, "noRELU_C8S1")
 # pretrain_False_lambd_16_noise_0.025_epoch_240_bottleneck_noRELU_C8S1_log_1_ATstrength_0.3_lr_0.05_varthres_0.125
 _NAME_FIELDS = {"lambd": r"(?:^|_)lambd_([0-9.eE+-]+)", "regularization_strength": r"(?:^|_)noise_([0-9.eE+-]+)",
                 "num_epochs": r"(?:^|_)epoch_(\d+)", "bottleneck_option": r"(?:^|_)bottleneck_(.+?)_log_",
-                "learning_rate": r"(?:^|_)lr_([0-9.eE+-]+)", "var_threshold": r"(?:^|_)varthres_([0-9.eE+-]+)"}
+                "learning_rate": r"(?:^|_)lr_([0-9.eE+-]+)", "var_threshold": r"(?:^|_)varthres_([0-9.eE+-]+)",
+                "AT_regularization_strength": r"(?:^|_)ATstrength_([0-9.eE+-]+)"}
 
 
 def settings_from_name(name: str) -> dict:
@@ -59,7 +61,26 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", text)
 
 
-def build_config(args, from_name: dict) -> dict:
+def patrol_options(ckpt_dir: Path, from_name: dict) -> Tuple[str, float]:
+    """--AT_regularization / strength recording a PATROL run: pruningE, E from the published folder
+    names (the paper code's default 140 when absent); only the pruning part changes the model."""
+    m = re.search(r"pruning(\d+)", "/".join(Path(ckpt_dir).resolve().parts[-3:]))
+    strength = from_name.get("AT_regularization_strength") or 1.0
+    return f"pruning{int(m.group(1)) if m else 140}", float(strength)
+
+
+def _take_published_shapes(model, encoder_file) -> None:
+    """PATROL pruned the published encoder: give ours the published shapes (only ever smaller)."""
+    from architectures.restore import reshape_to
+
+    pairs = map_part(encoder_file, model.encoder.state_dict(), "checkpoint_f", exact_shapes=False)
+    try:
+        reshape_to(model, {f"encoder.{o}": list(encoder_file[t].shape) for t, o in pairs})
+    except UserError as e:
+        raise UserError(f"checkpoint_f: {e}; check --arch/--cutlayer/--bottleneck_option") from None
+
+
+def build_config(args, from_name: dict, variant: str = "plain") -> dict:
     """A config.json like main_MIA.py's, for the published model's settings."""
     from main_MIA import build_parser
 
@@ -79,6 +100,8 @@ def build_config(args, from_name: dict) -> dict:
                lambd=float(args.lambd if args.lambd is not None else from_name.get("lambd", 0.0)),
                select_on="test",  # the published models trained on the whole training set
                limit_test=args.limit_test, AT_regularization="None", AT_regularization_strength=0.0)
+    if variant == "PATROL":  # its extra device layer and pruned shapes are part of the model
+        cfg["AT_regularization"], cfg["AT_regularization_strength"] = patrol_options(args.ckpt_dir, from_name)
     cfg["filename"] = args.filename or _safe(f"official_{args.dataset}_{Path(args.ckpt_dir).resolve().name}"
                                              + ("" if args.epoch == "best" else f"_epoch{args.epoch}"))
     return cfg
@@ -87,6 +110,7 @@ def build_config(args, from_name: dict) -> dict:
 def import_official(args, progress: bool = True) -> dict:
     """Reads, checks and converts one published run; returns the metrics.json written."""
     from architectures import build_split_model
+    from architectures.restore import architecture_record
     from datasets import load_dataset
     from defenses import build_defenses
     from model_training import Trainer, TrainSettings
@@ -99,10 +123,7 @@ def import_official(args, progress: bool = True) -> dict:
     if variant == "SCA":
         raise UserError(f"'{args.ckpt_dir}' is an SCA run ({why}); importing SCA models is not supported yet: "
                         "import a plain run (no SCA in its --AT_regularization)")
-    if variant == "PATROL":
-        raise UserError(f"'{args.ckpt_dir}' is a PATROL run ({why}); importing PATROL models is not supported yet: "
-                        "import a plain run (no 'pruning' in its --AT_regularization)")
-    cfg = build_config(args, settings_from_name(Path(args.ckpt_dir).resolve().name))
+    cfg = build_config(args, settings_from_name(Path(args.ckpt_dir).resolve().name), variant)
     run_dir = Path(cfg["folder"]) / cfg["filename"]
     if run_dir.exists() and any(run_dir.iterdir()) and not args.force:
         raise UserError(f"{run_dir} already exists; pass --force to replace it or another --filename")
@@ -111,7 +132,9 @@ def import_official(args, progress: bool = True) -> dict:
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on="test", seed=cfg["random_seed"],
                           limit_test=cfg.get("limit_test"))
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), bundle.num_classes, bundle.image_size,
-                              cfg["bottleneck_option"])
+                              cfg["bottleneck_option"], extra_device_layer=variant == "PATROL")
+    if variant == "PATROL":
+        _take_published_shapes(model, files["checkpoint_f"])
     mapping = load_published(model, files)
     defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
 
@@ -131,7 +154,8 @@ def import_official(args, progress: bool = True) -> dict:
                  image_size=bundle.image_size, n_train=len(bundle.train), n_val=0, n_test=len(bundle.test),
                  feature_shape=list(model.feature_shape), imported_from=source)
     epoch = int(args.epoch) if str(args.epoch).isdigit() else int(cfg["num_epochs"])
-    torch_save_atomic({"epoch": epoch, "model": model.state_dict(), "imported_from": source},
+    torch_save_atomic({"epoch": epoch, "model": model.state_dict(), "architecture": architecture_record(model),
+                       "imported_from": source},
                       run_dir / "checkpoints" / "best.pt")
     write_json(run_dir / "import_map.json", {"source": source, "mapping": {
         stem: [{"published": t, "ours": f"{attr}.{o}"} for t, o in mapping[stem]] for stem, attr in PARTS}})

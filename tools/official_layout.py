@@ -82,11 +82,14 @@ def _kind(key: str) -> str:
 
 
 def map_part(theirs: "OrderedDict[str, torch.Tensor]", ours: "OrderedDict[str, torch.Tensor]",
-             what: str) -> List[Tuple[str, str]]:
-    """[(their key, our key)] pairing tensors by position; any count, kind or shape mismatch is a UserError."""
+             what: str, exact_shapes: bool = True) -> List[Tuple[str, str]]:
+    """[(their key, our key)] pairing tensors by position; any count, kind or shape mismatch is a UserError.
+
+    `exact_shapes=False` compares only the number of dimensions (pruned tensors, before reshaping ours)."""
     t_items, o_items = list(theirs.items()), list(ours.items())
     for i, ((tk, tv), (ok, ov)) in enumerate(zip(t_items, o_items)):
-        if _kind(tk) != _kind(ok) or tuple(tv.shape) != tuple(ov.shape):
+        shape_ok = tuple(tv.shape) == tuple(ov.shape) if exact_shapes else tv.dim() == ov.dim()
+        if _kind(tk) != _kind(ok) or not shape_ok:
             raise UserError(f"{what}: tensor {i} '{tk}' {tuple(tv.shape)} does not match our '{ok}' "
                             f"{tuple(ov.shape)}; check --arch/--cutlayer/--bottleneck_option/--dataset")
     if len(t_items) != len(o_items):
