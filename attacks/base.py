@@ -283,6 +283,7 @@ class TrainedAttack(Attack):
         bar = tqdm(range(self.done + 1, self.epochs + 1), desc=f"{self.name} attack {self.label()}",
                    disable=not self.progress, leave=False)
         for epoch in bar:
+            t_epoch = time.perf_counter()
             self.model.train()
             logs = self.train_epoch(ctx, epoch, gen)
             with torch.no_grad():
@@ -290,6 +291,7 @@ class TrainedAttack(Attack):
             names = list(logs)
             values = torch.stack([logs[k].float().to(ctx.device) for k in names] + [held.to(ctx.device)]).tolist()
             row = {"epoch": epoch, **dict(zip(names, values[:-1])), "heldout_mse": values[-1]}  # one sync per epoch
+            row["time_s"] = time.perf_counter() - t_epoch  # measured after that sync: the epoch's real time
             if values[-1] < best_mse:
                 best_mse, best_epoch = values[-1], epoch
                 best_state = copy.deepcopy(self.model.state_dict())

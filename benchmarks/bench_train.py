@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Images/second for one training epoch without CEM (lambda 0) and with CEM (lambda 16), same data.
+"""Epoch times and images/second: training without CEM (lambda 0) and with it (lambda 16), eager
+vs. captured (whole step as a CUDA graph), fp32 vs. bf16, and the decoder attack's epoch.
 
-The CEM epoch includes its per-epoch refresh (features of the training set + batched k-means), as
-in training. `--classes 100` relabels the images into 100 classes (only the label count matters for
-CEM's cost), since CIFAR-100 itself may not be on the machine.
+The CEM epoch includes its per-epoch refresh (features of the training set + batched k-means), as in
+training. Settings are timed in interleaved epochs so drift on a shared machine hits all alike.
+`--classes 100` relabels the images into 100 classes (only the label count matters for CEM's cost).
 
-  python benchmarks/bench_train.py --data_root ../shared/data            # CIFAR-10 subset, CPU
-  python benchmarks/bench_train.py --data_root ../shared/data --classes 100 --repeat 12 --device cuda
+  python benchmarks/bench_train.py --data_root ../shared/data                       # CIFAR-10 subset, CPU
+  python benchmarks/bench_train.py --data_root DIR --device cuda --modes eager,captured \\
+      --precisions fp32,bf16 --attack_epochs 3 --json out.json                     # full CIFAR-10 on a GPU
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,9 @@ from architectures import build_split_model  # noqa: E402
 from datasets import TensorSplit, load_dataset  # noqa: E402
 from defenses import build_defenses  # noqa: E402
 from model_training import Trainer, TrainSettings  # noqa: E402
-from utils import resolve_device, seed_everything  # noqa: E402
+from utils import UserError, resolve_device, seed_everything  # noqa: E402
+
+MODES = {"eager": "off", "captured": "on"}
 
 
 def sync(device):
@@ -31,17 +36,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def make_trainer(bundle, lambd, args, device, tmp):
+def make_trainer(bundle, lambd, mode, bf16, args, device, tmp):
     seed_everything(0)
     model = build_split_model(args.arch, args.cutlayer, bundle.num_classes, bundle.image_size, args.bottleneck)
     cfg = {"regularization": "Gaussian_kl", "regularization_strength": args.sigma, "lambd": lambd,
            "var_threshold": 0.125, "arch": args.arch, "cem_lr_coupling": "paper", "compile": args.compile}
     defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
-    settings = TrainSettings(num_epochs=240, batch_size=args.batch_size, bf16=args.bf16,
-                             channels_last=args.channels_last)
+    settings = TrainSettings(num_epochs=240, batch_size=args.batch_size, bf16=bf16,
+                             channels_last=args.channels_last, capture=MODES[mode])
     trainer = Trainer(model, bundle, defenses, device, tmp, settings, progress=False)
-    # Two untimed epochs: allocator and kernels, the first (k-means++) refresh, and on CUDA the
-    # one-off compile of the CEM loss, which only starts once CEM has state.
+    # Two untimed epochs: allocator and kernels, the first (k-means++) refresh, the CEM loss's
+    # compile (eager CUDA) or the graph capture, which starts once CEM has state.
     for e in range(2):
         trainer.train_epoch(e)
         defenses.on_epoch_end(trainer)
@@ -61,12 +66,26 @@ def timed_epoch(trainer, epoch, device):
     return t2 - t0, t2 - t1
 
 
+def time_attack(bundle, trainer, mode, bf16, args, device):
+    """Median epoch time of the decoder attack (train_time data), skipping its first epoch."""
+    from attacks.decoder import DecoderAttack, attacker_splits
+
+    fit, held, evals = attacker_splits(bundle, "train_time", 0)
+    evals = TensorSplit(x=evals.x[:512], y=evals.y[:512])  # scoring is not what is timed
+    attack = DecoderAttack(args.attack_decoder, epochs=args.attack_epochs + 1, device=device, progress=False,
+                           capture=MODES[mode], bf16=bf16)
+    res = attack.run(trainer.model, trainer.defenses.deployed(), fit, held, evals, bundle.mean, bundle.std)
+    times = sorted(h["time_s"] for h in res.history[1:])
+    return times[len(times) // 2], len(fit)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data_root", default="../shared/data")
     p.add_argument("--classes", type=int, default=None, help="relabel into this many classes (e.g. 100)")
     p.add_argument("--repeat", type=int, default=1, help="tile the training set N times (GPU-sized epochs)")
+    p.add_argument("--limit_train", type=int, default=None, help="use the first N training images")
     p.add_argument("--arch", default="vgg11_bn_sgm")
     p.add_argument("--cutlayer", type=int, default=4)
     p.add_argument("--bottleneck", default="noRELU_C8S1")
@@ -75,14 +94,26 @@ def main():
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after two warm-up epochs)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--modes", default="eager", help="comma list of eager, captured (CUDA only)")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32, bf16 (bf16: CUDA autocast)")
+    p.add_argument("--bf16", action="store_true", help="same as --precisions bf16")
+    p.add_argument("--attack_epochs", type=int, default=0, help="also time the decoder attack (N timed epochs)")
+    p.add_argument("--attack_decoder", default="res_normN8C64")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no_channels_last", dest="channels_last", action="store_false")
     p.add_argument("--no_compile", dest="compile", action="store_false", help="CEM loss in eager mode on CUDA")
     args = p.parse_args()
     device = resolve_device(args.device)
-    torch.set_num_threads(torch.get_num_threads())
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    precisions = ["bf16"] if args.bf16 else [q.strip() for q in args.precisions.split(",") if q.strip()]
+    if not modes or any(m not in MODES for m in modes) or any(q not in ("fp32", "bf16") for q in precisions):
+        raise SystemExit("error: --modes takes eager,captured and --precisions takes fp32,bf16")
+    if "captured" in modes and device.type != "cuda":
+        raise SystemExit(f"error: captured mode needs CUDA (device is {device.type}); use --modes eager")
     bundle = load_dataset(args.dataset, args.data_root, select_on="test")
     x, y = bundle.train.x, bundle.train.y
+    if args.limit_train:
+        x, y = x[:args.limit_train], y[:args.limit_train]
     if args.repeat > 1:
         x, y = x.repeat(args.repeat, 1, 1, 1), y.repeat(args.repeat)
     if args.classes:
@@ -92,29 +123,58 @@ def main():
     bundle.train = TensorSplit(x=x, y=y)
     tmp = Path("/tmp") / "bench_train"
     n = len(bundle.train)
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
-          f"{n} images/epoch, {bundle.num_classes} classes, {args.arch} cut {args.cutlayer} {args.bottleneck}, "
-          f"batch {args.batch_size}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"bf16 {args.bf16}, CEM compile {args.compile and device.type == 'cuda'}")
-    lambdas = (0.0, args.lambd)
-    trainers = {lam: make_trainer(bundle, lam, args, device, tmp / f"l{lam:g}") for lam in lambdas}
-    times = {lam: [] for lam in lambdas}
-    refresh = {lam: [] for lam in lambdas}
-    for e in range(2, 2 + args.epochs):  # interleaved, so drift on a shared machine hits both alike
-        for lam in lambdas:
-            t, r = timed_epoch(trainers[lam], e, device)
-            times[lam].append(t)
-            refresh[lam].append(r)
-    res = {}
-    for lam in lambdas:
-        best, med = min(times[lam]), sorted(times[lam])[len(times[lam]) // 2]
-        res[lam] = med
-        print(f"lambda {lam:g}: epoch median {med:.2f} s (min {best:.2f} s; end-of-epoch refresh "
-              f"{min(refresh[lam]):.2f} s), {n / med:.0f} images/s")
-    ratio = res[args.lambd] / res[0.0]
-    print(f"CEM time ratio, medians (lambda {args.lambd:g} / lambda 0): {ratio:.3f}  -> "
-          f"{100 * (ratio - 1):+.1f}% per epoch over {args.epochs} interleaved epochs")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), {n} images/epoch, {bundle.num_classes} classes, {args.arch} cut "
+          f"{args.cutlayer} {args.bottleneck}, batch {args.batch_size}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, CEM compile {args.compile and device.type == 'cuda'}", flush=True)
+    settings = [(m, q, lam) for m in modes for q in precisions for lam in (0.0, args.lambd)]
+    trainers, times, refresh = {}, {}, {}
+    for s in settings:
+        t0 = time.perf_counter()
+        trainers[s] = make_trainer(bundle, s[2], s[0], s[1] == "bf16", args, device, tmp / "_".join(map(str, s)))
+        times[s], refresh[s] = [], []
+        st = trainers[s].stepper
+        print(f"  prepared {s[0]} {s[1]} lambda {s[2]:g} in {time.perf_counter() - t0:.1f} s"
+              + (f" (graphs captured: {st.captures}{', FAILED: ' + st.failed if st.failed else ''})"
+                 if s[0] == "captured" else ""), flush=True)
+    for e in range(2, 2 + args.epochs):
+        for s in settings:
+            t, r = timed_epoch(trainers[s], e, device)
+            times[s].append(t)
+            refresh[s].append(r)
+    results = {"device": str(device), "device_name": name, "images_per_epoch": n, "classes": bundle.num_classes,
+               "batch_size": args.batch_size, "torch": torch.__version__, "train": [], "attack": []}
+    print(f"{'mode':9} {'prec':5} {'lambda':>6} {'epoch s':>8} {'min s':>7} {'refresh s':>9} {'img/s':>8} "
+          f"{'CEM cost':>8}")
+    for s in settings:
+        med = sorted(times[s])[len(times[s]) // 2]
+        base = sorted(times[(s[0], s[1], 0.0)])[len(times[s]) // 2]
+        cost = f"{100 * (med / base - 1):+.1f}%" if s[2] else ""
+        print(f"{s[0]:9} {s[1]:5} {s[2]:6g} {med:8.2f} {min(times[s]):7.2f} {min(refresh[s]):9.2f} "
+              f"{n / med:8.0f} {cost:>8}", flush=True)
+        results["train"].append({"mode": s[0], "precision": s[1], "lambda": s[2], "epoch_median_s": med,
+                                 "epoch_min_s": min(times[s]), "refresh_min_s": min(refresh[s]),
+                                 "images_per_s": n / med, "graphs": trainers[s].stepper.captures,
+                                 "capture_failed": trainers[s].stepper.failed})
+    for m in modes:
+        base_eager = [r for r in results["train"] if r["mode"] == "eager"]
+        mine = [r for r in results["train"] if r["mode"] == m]
+        if m != "eager" and base_eager:
+            speed = [b["epoch_median_s"] / r["epoch_median_s"] for b, r in zip(base_eager, mine)]
+            print(f"{m} vs eager: {', '.join(f'{v:.2f}x' for v in speed)} (same order as above)")
+    if args.attack_epochs:
+        for m in modes:
+            for q in precisions:
+                t, n_fit = time_attack(bundle, trainers[(m, q, 0.0)], m, q == "bf16", args, device)
+                print(f"decoder attack {args.attack_decoder} {m} {q}: {t:.2f} s/epoch ({n_fit / t:.0f} images/s, "
+                      f"{n_fit} images)", flush=True)
+                results["attack"].append({"mode": m, "precision": q, "epoch_median_s": t, "images": n_fit})
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:
+        raise SystemExit(f"error: {e}")
