@@ -103,11 +103,12 @@ def test_tinyimagenet_preset_and_precedence(tmp_path):
 def test_quick_dry_run_falls_back_to_digits(tmp_path):
     r = sh("--quick", "--dry-run", env={"DATA_ROOT": str(tmp_path / "empty")})
     cmds = commands(r)
-    assert len(cmds) == 4
+    assert len(cmds) == 2
     assert all("--dataset digits" in c and "--limit_train" in c and "--limit_test" in c
-               and "--folder ./runs/quick" in c for c in cmds)
-    assert {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds} == \
-        {(s, l) for s in ("0.025", "0.1") for l in ("0", "16")}
+               and "--folder ./runs/quick" in c and "--attack_modes train_time" in c for c in cmds)
+    assert {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds} == {("0.05", "0"), ("0.05", "16")}
+    # lr x0.2 at 70% and 90% of the run: epochs 7 and 9 of the default 10
+    assert {flag(c, "--milestones") for c in cmds} == {"7\\,9"} and {flag(c, "--batch_size") for c in cmds} == {"32"}
     assert "handwritten digits" in r.stderr
     assert not (tmp_path / "empty").exists()   # the dry run's check never downloads
 
@@ -121,7 +122,8 @@ def test_quick_dry_run_uses_cifar10_when_present(tmp_path):
         np.savez(sub / name, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y=np.arange(n) % 10)
     r = sh("--quick", "--dry-run", "--epochs", "2", env={"DATA_ROOT": str(tmp_path / "cifar")})
     cmds = commands(r)
-    assert len(cmds) == 4 and all("--dataset cifar10" in c and "--num_epochs 2" in c for c in cmds), r.stderr
+    assert len(cmds) == 2 and all("--dataset cifar10" in c and "--num_epochs 2" in c for c in cmds), r.stderr
+    assert all("--milestones 2" in c for c in cmds)  # scaled with --epochs, never before epoch 2
 
 
 def test_bad_options_exit_2(tmp_path):
@@ -156,7 +158,7 @@ import argparse, json, os, sys
 p = argparse.ArgumentParser()
 for f in ("arch cutlayer bottleneck_option regularization regularization_strength lambd var_threshold log_entropy "
           "learning_rate num_epochs batch_size attack_epochs gan_AE_type dataset data_root folder filename "
-          "random_seed device limit_train limit_test milestones").split():
+          "random_seed device limit_train limit_test milestones attack_modes").split():
     p.add_argument("--" + f)
 a = p.parse_args()
 if float(a.lambd) == 8:
@@ -198,3 +200,4 @@ def test_real_run_with_stand_in_main(tmp_path):
     assert "handwritten digits" in r.stderr   # no datasets package in the copy: falls back
     assert f"trade-off plot: {tmp_path / 'q' / 'tradeoff.png'}" in r.stdout
     assert "reconstructions (λ=0): " in r.stdout and "reconstructions (λ=16): " in r.stdout
+    assert "CEM gain at σ=0.05, λ=16: attack MSE +267%" in r.stdout
