@@ -311,7 +311,6 @@ report_rc=0
 for folder in "${folders[@]}"; do
   echo
   "$PYTHON" -m tools.report "$folder" || report_rc=$?
-  "$PYTHON" -m tools.gain "$folder" 2>/dev/null | grep -E "CEM gain" || true  # the paper's framing of the table
   if [[ $QUICK == 1 ]]; then
     [[ -f $folder/tradeoff.png ]] && echo "trade-off plot: $folder/tradeoff.png"
     for l in $LAMBDAS; do

@@ -92,7 +92,7 @@ trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
 fail=0
 for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || fail=1; done
 
-# 3. The table and the gain.
+# 3. The table and the gain (wall times: the lines above and each run's metrics.json).
 echo
-"$PYTHON" -m tools.gain "$FOLDER" || fail=1
+"$PYTHON" -m tools.report "$FOLDER" --mode train_time || fail=1   # the table and the CEM-gain table
 exit $fail

@@ -200,4 +200,4 @@ def test_real_run_with_stand_in_main(tmp_path):
     assert "handwritten digits" in r.stderr   # no datasets package in the copy: falls back
     assert f"trade-off plot: {tmp_path / 'q' / 'tradeoff.png'}" in r.stdout
     assert "reconstructions (λ=0): " in r.stdout and "reconstructions (λ=16): " in r.stdout
-    assert "CEM gain at σ=0.05, λ=16: attack MSE +267%" in r.stdout
+    assert "| 0.05 | 16 |" in r.stdout and "+266.7% |" in r.stdout  # tools.report's CEM-gain table
