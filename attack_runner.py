@@ -110,7 +110,7 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                 saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}.pt", mode=mode, attack=name)
                 entry["saved_model"] = str(saved.relative_to(run_dir))
             metrics.setdefault("attack", {}).setdefault(name, {})[mode] = entry
-            write_json(run_dir / "metrics.json", metrics)
+            _write_merged(run_dir, metrics)
             ck = getattr(attack, "checkpoint_path", None)
             if ck is not None:
                 ck.unlink(missing_ok=True)
@@ -119,8 +119,25 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                 f"(mean-image guess: MSE {b['mse_mean']:.4f} PSNR {b['psnr_mean']:.2f} dB)  "
                 f"{res.wall_time_s:.0f} s  grid: {run_dir / grid}")
     metrics["status"] = "finished"
-    write_json(run_dir / "metrics.json", metrics)
+    _write_merged(run_dir, metrics)
     return metrics
+
+
+def _write_merged(run_dir: Path, metrics: dict) -> None:
+    """Write metrics.json keeping attack results that another process (say run_gan_attack.py while
+    main_MIA.py --attack_only runs) recorded since this one read the file: results are never lost."""
+    path = run_dir / "metrics.json"
+    try:
+        disk = read_json(path) if path.exists() else {}
+    except ValueError:
+        disk = {}
+    theirs = disk.get("attack") if isinstance(disk, dict) and isinstance(disk.get("attack"), dict) else {}
+    ours = metrics.setdefault("attack", {})
+    for name, modes in theirs.items():
+        if isinstance(modes, dict):
+            for mode, res in modes.items():
+                ours.setdefault(name, {}).setdefault(mode, res)
+    write_json(path, metrics)
 
 
 def _file_logger(run_dir: Path):

@@ -82,3 +82,18 @@ def test_attack_only_runs_a_list_of_attacks(tmp_path, capsys):
     assert saved["arch"] == "res_normN0C8" and tuple(saved["feature_shape"]) == (4, 16, 16)
     assert main_MIA.main(argv[:-6] + ["--attacks", "decoder,magic"]) == 2
     assert "--attacks" in capsys.readouterr().err
+
+
+def test_results_written_meanwhile_by_another_attacker_are_kept(tmp_path):
+    from attack_runner import run_attacks
+    from trained_run import load_trained_run
+
+    run = make_run(tmp_path, limit_train=40, limit_test=12)
+    tr = load_trained_run(run, {"data_root": str(tmp_path)}, device="cpu")
+    stale = json.loads((run / "metrics.json").read_text())  # read before the other attacker wrote
+    other = {**stale, "attack": {"gan": {"train_time": {"final": {"mse_mean": 0.5}}}}}
+    (run / "metrics.json").write_text(json.dumps(other))
+    cfg = {**tr.cfg, "attacks": "rmle", "attack_modes": "train_time", "rmle_steps": 2, "rmle_max_images": 4}
+    run_attacks(cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, stale, progress=False, log=lambda m: None)
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m["attack"]) == {"gan", "rmle"} and m["attack"]["gan"]["train_time"]["final"]["mse_mean"] == 0.5
