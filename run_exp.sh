@@ -58,18 +58,28 @@ which beats the dataset preset, which beats the built-in default):
                                dropout0.2 topkprune0.5 gan_adv_step1_pruning180", --at_strengths 1,
                                λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win);
                                `python -m tools.report` then adds the CEM-gain table
+  --executor local|slurm       where configurations run (local); see "Running the sweep" in README.md
+  --gpus 0,1                   local: GPUs to use, one configuration pinned to each (all visible ones)
+  --jobs-per-gpu N             local: configurations sharing each GPU at once    (1)
+  --jobs N                     local: configurations at once in all; without a GPU, N CPU processes (1)
+  --slurm_partition P, --slurm_time T (required; minutes or H:MM:SS), --slurm_gpus_per_node N (1),
+  --slurm_cpus_per_task N, --slurm_mem 16G, --slurm_array_parallelism N, --slurm_extra "qos=x account=y"
+                               slurm: each configuration is one task of a job array, through submitit
   --quick                      small CEM-vs-no-CEM demo: σ "0.025 0.1", λ "0 16", few epochs, data
                                limited with --limit_train/--limit_test, folder ./runs/quick; uses
                                CIFAR-10 if available (or downloadable), else scikit-learn digits
-  --dry-run                    print the commands (finished ones prefixed "[skip]"), run nothing and
+  --dry-run                    print the commands (finished ones prefixed "[skip]") and how the
+                               executor would run them (Slurm: the sbatch settings), run nothing and
                                write nothing; with --quick, CIFAR-10 counts as present when DATA_ROOT
                                holds cifar-10-batches-py/ or cifar10_subset/ (no download check)
   -h, --help                   this text
 
 Presets: cifar10, cifar100, facescrub, digits: vgg11_bn_sgm, cut 4, noRELU_C8S1, τ 0.125;
 tinyimagenet: resnet20, cut 5, noRELU_C8S1 (features 8×16×16), τ 0.0625.
-Each run's output is tee'd to <folder>/<filename>.log. Exit status: 0 when every run succeeded,
-1 when some failed, 2 on bad options.
+Each run's output goes to <folder>/<filename>.log (and to the terminal when one runs at a time).
+SIGINT/SIGTERM reach every running configuration, which saves and stops; a rerun resumes it.
+Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad options, 130 / 143 when
+stopped by SIGINT / SIGTERM.
 EOF
 }
 
@@ -90,6 +100,7 @@ done
 QUICK=0
 DRY_RUN=0
 PRESET=""
+EXEC_ARGS=()  # executor flags, checked and used by tools/sweep.py
 set_flag() { printf -v "FLAG_$1" '%s' "$2"; }
 while [[ $# -gt 0 ]]; do
   arg=$1
@@ -98,6 +109,10 @@ while [[ $# -gt 0 ]]; do
     -h|--help) usage; exit 0 ;;
     --quick) QUICK=1; shift; continue ;;
     --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
+    --executor|--gpus|--jobs|--jobs-per-gpu|--jobs_per_gpu|--slurm_partition|--slurm_time|--slurm_gpus_per_node|\
+    --slurm_cpus_per_task|--slurm_mem|--slurm_array_parallelism|--slurm_extra|--submitit_cluster)
+      [[ $# -ge 2 ]] || die "option $arg needs a value (see --help)"
+      EXEC_ARGS+=("$arg" "$2"); shift 2; continue ;;
   esac
   case $arg in
     --dataset|--datasets|--cutlayer|--cutlayers|--sigma|--sigmas|--lambd|--lambda|--lambdas|--arch|\
@@ -239,10 +254,11 @@ finished() { [[ -f $1 ]] && grep -Eq '"status"[[:space:]]*:[[:space:]]*"finished
 # Print a command so that it can be pasted back into a shell.
 quote() { local a q out=""; for a in "$@"; do printf -v q '%q' "$a"; out+="$q "; done; printf '%s' "${out% }"; }
 
-n_done=0 n_skip=0 n_fail=0 n_todo=0
-failed=()
+n_skip=0 n_todo=0
 folders=()
-trap 'echo; echo "run_exp.sh: interrupted" >&2; exit 130' INT TERM
+# The configurations to run, for tools/sweep.py: per job the NUL-terminated name, log, argc, argv...
+JOBS_FILE=$(mktemp "${TMPDIR:-/tmp}/run_exp_jobs.XXXXXX") || die "cannot create a temporary file (TMPDIR)"
+trap 'rm -f "$JOBS_FILE"' EXIT
 
 for ds in $DATASETS; do
   configure "$ds"
@@ -276,21 +292,9 @@ for ds in $DATASETS; do
         fi
         # A killed run left a checkpoint: continue it instead of starting over.
         [[ -f $run_dir/checkpoints/last.pt ]] && cmd+=(--resume)
-        if [[ $DRY_RUN == 1 ]]; then
-          n_todo=$((n_todo + 1)); echo "$(quote "${cmd[@]}")"; continue
-        fi
-        [[ -f main_MIA.py ]] || die "main_MIA.py not found in $(pwd)"
-        mkdir -p "$FOLDER" || die "cannot create results folder '$FOLDER'; pass a writable --folder"
-        log=$FOLDER/$fn.log
-        echo "=== $(date '+%F %T') $fn" | tee -a "$log"
-        echo "$(quote "${cmd[@]}")" | tee -a "$log"
-        "${cmd[@]}" 2>&1 | tee -a "$log"
-        rc=${PIPESTATUS[0]}
-        if [[ $rc == 0 ]]; then n_done=$((n_done + 1))
-        else
-          n_fail=$((n_fail + 1)); failed+=("$fn (exit $rc, log $log)")
-          echo "run_exp.sh: $fn failed with exit status $rc; continuing (log: $log)" >&2
-        fi
+        n_todo=$((n_todo + 1))
+        [[ $DRY_RUN == 1 ]] && echo "$(quote "${cmd[@]}")"
+        printf '%s\0' "$fn" "$FOLDER/$fn.log" "${#cmd[@]}" "${cmd[@]}" >> "$JOBS_FILE"
       done
     done
     done
@@ -300,12 +304,26 @@ done
 
 if [[ $DRY_RUN == 1 ]]; then
   note "dry run: $n_todo to run, $n_skip already finished; nothing was run"
-  exit 0
+  "$PYTHON" -m tools.sweep "$JOBS_FILE" --dry-run "${EXEC_ARGS[@]+"${EXEC_ARGS[@]}"}"
+  exit $?
 fi
+[[ -f main_MIA.py ]] || die "main_MIA.py not found in $(pwd)"
+for folder in "${folders[@]}"; do
+  mkdir -p "$folder" || die "cannot create results folder '$folder'; pass a writable --folder"
+done
 
-echo
-echo "Summary: $n_done done, $n_skip skipped (already finished), $n_fail failed"
-for f in "${failed[@]+"${failed[@]}"}"; do echo "  failed: $f"; done
+# tools/sweep.py runs the jobs (concurrently, or on Slurm) and prints the summary. It runs in the
+# background so that a SIGTERM to this script (a scheduler's) is passed on at once, not after it ends.
+"$PYTHON" -m tools.sweep "$JOBS_FILE" --skipped "$n_skip" "${EXEC_ARGS[@]+"${EXEC_ARGS[@]}"}" &
+sweep_pid=$!
+trap 'kill -TERM "$sweep_pid" 2>/dev/null' TERM
+trap 'kill -INT "$sweep_pid" 2>/dev/null' INT
+while :; do
+  wait "$sweep_pid"; sweep_rc=$?
+  kill -0 "$sweep_pid" 2>/dev/null || break  # wait also returns when a trapped signal arrives
+done
+trap - INT TERM
+[[ $sweep_rc == 2 || $sweep_rc -ge 128 ]] && exit "$sweep_rc"  # bad executor options; interrupted
 
 report_rc=0
 for folder in "${folders[@]}"; do
@@ -322,5 +340,5 @@ for folder in "${folders[@]}"; do
   fi
 done
 
-[[ $n_fail -gt 0 ]] && exit 1
+[[ $sweep_rc == 1 ]] && exit 1
 exit "$report_rc"

@@ -1,0 +1,103 @@
+"""run_exp.sh with its executors (tools/sweep.py): concurrent jobs, skip on rerun, failures, signals,
+Slurm settings, and the same results through submitit's local executor."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_run_exp import FAKE_MAIN, REPO, SCRIPT, sh
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+
+
+def stand_in_repo(tmp_path, main_code=FAKE_MAIN):
+    """The sweep's scripts with main_MIA.py replaced by a fast stand-in."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in REPO.glob("*.py"):
+        shutil.copy(f, repo / f.name)
+    shutil.copy(SCRIPT, repo / "run_exp.sh")
+    (repo / "main_MIA.py").write_text(main_code)
+    return repo / "run_exp.sh"
+
+
+def test_two_jobs_at_once_then_rerun_skips_them(tmp_path):
+    script = stand_in_repo(tmp_path)
+    folder = tmp_path / "out"
+    args = ("--sigmas", "0.05", "--lambdas", "0 8 16", "--epochs", "1", "--folder", str(folder), "--jobs", "2")
+    r = sh(*args, script=script, tmp=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Summary: 2 done, 0 skipped (already finished), 1 failed" in r.stdout
+    log8 = next(folder.glob("*lambd8*.log"))
+    assert f"failed: {log8.stem} (exit 1, log {log8})" in r.stdout and "simulated crash" in log8.read_text()
+    assert r.stdout.count("] start ") == 3 and (folder / "results.md").exists()
+    r = sh("--sigmas", "0.05", "--lambdas", "0 16", *args[4:], script=script, tmp=tmp_path)
+    assert r.returncode == 0 and "Summary: 0 done, 2 skipped (already finished), 0 failed" in r.stdout
+    assert "] start " not in r.stdout
+
+
+def test_slurm_dry_run_prints_what_it_would_submit(tmp_path):
+    r = sh("--dry-run", "--sigmas", "0.05", "--lambdas", "0 16", "--executor", "slurm", "--slurm_partition", "gpu",
+           "--slurm_time", "2:00:00", "--slurm_cpus_per_task", "8", "--slurm_mem", "32G",
+           "--slurm_array_parallelism", "1", "--slurm_extra", "qos=high", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len([c for c in r.stdout.splitlines() if "main_MIA.py" in c]) == 2
+    for flag in ("#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32G", "#SBATCH --qos=high", "--array=0-1%1",
+                 str(tmp_path / "runs" / "slurm")):
+        assert flag in r.stderr, flag
+    assert not (tmp_path / "runs").exists()
+    for bad in (("--executor", "pbs"), ("--jobs", "0"), ("--executor", "slurm")):
+        r = sh("--dry-run", *bad, tmp=tmp_path)
+        assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: "), (bad, r.stderr)
+
+
+SLEEPY_MAIN = """
+import os, signal, sys, time
+a = sys.argv
+folder, name = a[a.index("--folder") + 1], a[a.index("--filename") + 1]
+def stop(signum, frame):
+    print("got", signal.Signals(signum).name, flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("ready".upper(), flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_run_exp_reaches_every_running_configuration(tmp_path):
+    script = stand_in_repo(tmp_path, SLEEPY_MAIN)
+    folder = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("SIGMAS", "LAMBDAS", "FOLDER")}
+    proc = subprocess.Popen(["bash", str(script), "--sigmas", "0.05", "--lambdas", "0 8 16", "--folder", str(folder),
+                             "--jobs", "2", "--python", sys.executable], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    t = time.time()
+    while sum("READY" in p.read_text() for p in folder.glob("*.log")) < 2 and time.time() - t < 60:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out + err
+    logs = sorted(folder.glob("*.log"))
+    assert len(logs) == 2 and all("got SIGTERM" in p.read_text() for p in logs)
+    assert "0 done, 0 skipped (already finished), 0 failed, 2 interrupted, 1 not started" in out
+
+
+@pytest.mark.slow
+def test_real_mini_sweep_local_jobs_and_submitit_agree(tmp_path):
+    pytest.importorskip("submitit", reason="submitit is optional (requirements-dev.txt)")
+    common = ("--dataset", "digits", "--sigmas", "0.1", "--lambdas", "0 16", "--epochs", "1", "--attack_epochs", "1",
+              "--device", "cpu", "--extra", "--limit_train 160 --limit_test 64 --no_progress --attack_modes train_time")
+    env = {"OMP_NUM_THREADS": "1"}  # the same float arithmetic under both executors
+    a, b = tmp_path / "local", tmp_path / "submitit"
+    r = sh(*common, "--folder", str(a), "--executor", "local", "--jobs", "2", env=env, tmp=tmp_path)
+    assert r.returncode == 0 and "Summary: 2 done, 0 skipped" in r.stdout, r.stdout + r.stderr
+    r = sh(*common, "--folder", str(a), "--jobs", "2", env=env, tmp=tmp_path)
+    assert r.returncode == 0 and "Summary: 0 done, 2 skipped" in r.stdout, r.stdout + r.stderr
+    r = sh(*common, "--folder", str(b), "--executor", "slurm", "--submitit_cluster", "local", env=env, tmp=tmp_path)
+    assert r.returncode == 0 and "Summary: 2 done, 0 skipped" in r.stdout, r.stdout + r.stderr
+    assert (b / "slurm").is_dir()
+    assert (a / "results.csv").read_text() == (b / "results.csv").read_text()
