@@ -3,12 +3,15 @@
 
   python run_gan_attack.py runs/quick/<run>  [more run folders ...]
   python run_gan_attack.py --sweep runs/quick          # every finished run below; attacked ones skipped
+  python run_gan_attack.py --sweep runs/cifar10 --jobs-per-gpu 3      # several runs at once per GPU
+  python run_gan_attack.py --sweep runs/cifar10 --executor slurm --slurm_time 2:00:00   # a Slurm job array
 
 The target (architecture, cut layer, bottleneck, defences) is rebuilt from each run's config.json and
 best checkpoint, loaded strictly. The generator starts from the run's saved decoder of the same mode
 (attacks/decoder_<mode>.pt, written by the decoder attack) when it exists. Results: metrics.json →
 attack.gan.<mode>, grid images/gan_<mode>.png, generator attacks/gan_<mode>.pt. A killed attack resumes
-from attacks/gan_<mode>.ckpt.pt when run again.
+from attacks/gan_<mode>.ckpt.pt when run again. With --sweep, each run is one job of run_exp.sh's
+executors (tools/sweep.py), logged to <run folder>.gan_attack.log.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_root", default=None, help="dataset folder (default: the one the run was trained with)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    from tools.sweep import add_executor_flags
+
+    add_executor_flags(p)
     return p
 
 
@@ -42,7 +48,8 @@ def main(argv=None) -> int:
     from experiment import main_guard
     from utils import UserError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "force", "no_progress")}
     settings.update(attacks="gan", progress=not args.no_progress, device=args.device or "auto")
 
@@ -52,11 +59,27 @@ def main(argv=None) -> int:
         for i, run_dir in enumerate(args.runs, 1):
             print(f"[{i}/{len(args.runs)}] GAN attack on {run_dir}", flush=True)
             attack_run(run_dir, settings)
-        if args.sweep:
-            sweep(args.sweep, settings, force=args.force)
-        return 0
+        return _sweep(parser, args, settings) if args.sweep else 0
 
     return main_guard(go)
+
+
+def _sweep(parser, args, settings) -> int:
+    """Every finished run below --sweep not attacked yet becomes one job of run_exp.sh's executors."""
+    from pathlib import Path
+
+    from attack_runner import sweep
+    from tools import sweep as executors
+    from utils import UserError
+
+    todo = []
+    status = sweep(args.sweep, settings, force=args.force, run=lambda run_dir, _: todo.append(Path(run_dir)))
+    jobs = executors.script_jobs(__file__, todo, args, parser, drop=("runs", "sweep"),
+                                 log=lambda run_dir: run_dir.parent / f"{run_dir.name}.gan_attack.log")
+    try:
+        return executors.execute(jobs, args, skipped=len(status) - len(todo))
+    except executors.UserError as e:
+        raise UserError(str(e)) from None
 
 
 if __name__ == "__main__":

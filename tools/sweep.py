@@ -290,16 +290,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = Parser(prog="python -m tools.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("jobs_file")
-    p.add_argument("--executor", default="local", choices=["local", "slurm"])
-    p.add_argument("--gpus", default=None, help="comma list of GPU ids (default: all visible)")
-    p.add_argument("--jobs-per-gpu", "--jobs_per_gpu", dest="jobs_per_gpu", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=None, help="concurrent jobs in all (CPU: processes)")
     p.add_argument("--skipped", type=int, default=0, help="finished configurations skipped by the caller")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
+    add_executor_flags(p)
+    return p
+
+
+def add_executor_flags(p) -> None:
+    """The executor's flags (also on run_gan_attack.py); `execute` reads them."""
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: this machine's GPUs or CPU processes; slurm: a job array through submitit")
+    g.add_argument("--gpus", default=None, help="local: comma list of GPU ids, one job pinned to each (default: all visible)")
+    g.add_argument("--jobs-per-gpu", "--jobs_per_gpu", dest="jobs_per_gpu", type=int, default=None,
+                   help="local: jobs sharing each GPU at once (default: 1)")
+    g.add_argument("--jobs", type=int, default=None, help="local: jobs at once in all; without a GPU, processes (default: 1)")
     from tools.sweep_slurm import add_slurm_flags
 
     add_slurm_flags(p)
-    return p
+
+
+def script_jobs(script, items: list, args, parser, drop: tuple, log) -> list:
+    """One job per item: `python SCRIPT ITEM` plus every flag of `args` that differs from `parser`'s
+    default, except the executor's and those in `drop`; `log(item)` names its log file."""
+    skip = {a.dest for g in parser._action_groups if g.title in ("executor", "slurm (--executor slurm)")
+            for a in g._group_actions} | set(drop) | {"help"}
+    flags = []
+    for a in parser._actions:  # argparse has no public accessor; stable since Python 2.7
+        value = getattr(args, a.dest, None)
+        if a.dest in skip or not a.option_strings or value == a.default:
+            continue
+        flags += [a.option_strings[0]] if a.nargs == 0 else [a.option_strings[0], str(value)]
+    return [Job(Path(item).name, [sys.executable, str(Path(script).resolve()), str(item), *flags], str(log(item)))
+            for item in items]
 
 
 def execute(jobs: list, args, skipped: int = 0, out=None) -> int:
