@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from attack_runner import attack_run, sweep
+    from attack_runner import attack_run
     from experiment import main_guard
     from utils import UserError
 
