@@ -65,7 +65,7 @@ def gan_epochs(cfg: dict) -> int:
     return 80 if str(cfg.get("dataset", "")).lower().startswith("tinyimagenet") else 150
 
 
-def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log):
+def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = ""):
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log)
     if name == "decoder":
@@ -76,8 +76,8 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
         from attacks.gan import GANAttack
         return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
                          n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
-                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}.pt",
-                         checkpoint_path=run_dir / "attacks" / f"gan_{mode}.ckpt.pt",
+                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}{tag}.pt",
+                         checkpoint_path=run_dir / "attacks" / f"gan_{mode}{tag}.ckpt.pt",
                          checkpoint_every=int(s["checkpoint_every"]), **common)
     from attacks.optimization import RMLEAttack
     return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]),
@@ -85,31 +85,40 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
 
 
 def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metrics: dict, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict:
-    """Every attack of cfg['attacks'] × cfg['attack_modes'] on `model`; metrics.json after each."""
+                log: Callable[[str], None] = print, results: Optional[dict] = None, tag: str = "",
+                only: Optional[set] = None) -> dict:
+    """Every attack of cfg['attacks'] × cfg['attack_modes'] on `model`; metrics.json after each.
+
+    results: where in `metrics` the results go (default: its `attack` section; attack settings other
+    than the run's own go to an `attack_variants` entry, with `tag` in their file names so they never
+    replace the run's own files); only: the (attack, mode) pairs to run (default: all requested).
+    """
     from attacks.decoder import attacker_splits, save_decoder
     from attacks.grid import save_grid
 
     run_dir = Path(run_dir)
     attacks = parse_list(cfg.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
     modes = parse_list(cfg.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
+    results = metrics.setdefault("attack", {}) if results is None else results
     obfuscate = defenses.deployed()
     for mode in modes:
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
         for name in attacks:
-            attack = make_attack(name, cfg, mode, run_dir, device, progress, log)
+            if only is not None and (name, mode) not in only:
+                continue
+            attack = make_attack(name, cfg, mode, run_dir, device, progress, log, tag)
             n_eval = min(len(evals), getattr(attack, "eval_limit", None) or len(evals))
             log(f"{name} attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {n_eval}, "
                 f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
                 f"{'steps' if name == 'rmle' else 'epochs'}")
             res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
-            grid = Path("images") / f"{name}_{mode}.png"
+            grid = Path("images") / f"{name}_{mode}{tag}.png"
             save_grid(res.grid_originals, res.grid_recons, run_dir / grid)
             entry = {**res.summary(), "grid": str(grid)}
             if res.model is not None:
-                saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}.pt", mode=mode, attack=name)
+                saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}{tag}.pt", mode=mode, attack=name)
                 entry["saved_model"] = str(saved.relative_to(run_dir))
-            metrics.setdefault("attack", {}).setdefault(name, {})[mode] = entry
+            results.setdefault(name, {})[mode] = entry
             _write_merged(run_dir, metrics)
             ck = getattr(attack, "checkpoint_path", None)
             if ck is not None:

@@ -10,6 +10,7 @@ checkpoints/{last,best}.pt, images/.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
@@ -39,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split that picks the best epoch: val = 10%% held out of train; test = the paper "
                         "code's choice (optimistic), including its tracker reset at epochs 40/100/200 of 240 "
                         "(scaled to --num_epochs), so the best of the last 40 epochs (default: %(default)s)")
+    d.add_argument("--num_classes", type=int, default=None,
+                   help="class count of an npz data set (labels must be 0..N-1); default: the largest label + 1, "
+                        "with every class present")
     d.add_argument("--limit_train", type=int, default=None, help="use a seeded random subset of N training images")
     d.add_argument("--limit_test", type=int, default=None, help="use a seeded random subset of N test images")
     t = p.add_argument_group("training")
@@ -118,9 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--folder", default="runs", help="parent folder of run folders (default: %(default)s)")
     o.add_argument("--filename", default=None, help="run folder name; default: built from the settings")
     o.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
-    o.add_argument("--force", action="store_true", help="redo a finished or partial run from scratch")
+    o.add_argument("--force", action="store_true",
+                   help="redo the run from scratch, deleting what its folder holds (also when the folder holds "
+                        "another configuration); with --attack_only: redo those attack results")
     o.add_argument("--no_progress", action="store_true", help="hide progress bars")
     return p
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, run_exp.sh) ends the run like Ctrl-C: saved and resumable
 
 
 def main(argv=None) -> int:
@@ -129,6 +139,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = vars(args)
     progress = not cfg.pop("no_progress")
+    if argv is None:  # the real process, not a test calling main()
+        signal.signal(signal.SIGTERM, _interrupt)
     return main_guard(lambda: run_experiment(cfg, progress=progress) and 0)
 
 

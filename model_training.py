@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from tqdm.auto import tqdm
 from architectures import architecture_record, load_split_state
 from capture import StepCapture, capture_enabled, params_signature
 from datasets import BatchLoader
-from utils import UserError, append_csv_row, torch_save_atomic, truncate_csv
+from utils import RunFailed, UserError, append_csv_row, torch_save_atomic, truncate_csv
 
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
               "cem_logdet", "epoch_time_s"]
@@ -287,6 +288,11 @@ class Trainer:
             self.defenses.on_epoch_start(self, epoch)
             cem_active = isinstance(cem, CEM) and cem.lambd > 0 and cem.state is not None
             stats = self.train_epoch(epoch)
+            bad = [k for k in ("train_loss", "cem_term") if not math.isfinite(stats[k])]
+            if bad:  # checked once per epoch (the sums are already on the host): no per-batch sync
+                raise RunFailed(f"the training loss became non-finite ({bad[0]} = {stats[bad[0]]}) in epoch "
+                                f"{epoch + 1}; the last good checkpoint (epoch {self.epoch}) is kept; lower "
+                                "--learning_rate or --lambd, or check the data")
             val_acc = self.evaluate(self.select_loader)
             extra = self.defenses.on_epoch_end(self)
             self.epoch = epoch + 1

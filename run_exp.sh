@@ -21,10 +21,14 @@ usage() {
   cat <<'EOF'
 Usage: bash run_exp.sh [options]
 
-Trains and attacks every configuration of datasets × cut layers × σ × λ with main_MIA.py, skipping
-configurations already finished (<folder>/<filename>/metrics.json with status "finished"; a killed run
-with a checkpoint is resumed), then writes results.csv / results.md / tradeoff.png with tools.report.
-Relative paths are relative to the repository root (the script runs from there).
+Trains and attacks every configuration of datasets × cut layers × σ × λ with main_MIA.py, then writes
+results.csv / results.md / tradeoff.png with tools.report. Run folders are named and recognised by
+their identity (run_identity.py: every setting that changes results, --extra flags included): a
+configuration already finished with the same identity is skipped, a killed one is resumed, a trained
+one missing attack results gets them with --attack_only; a changed setting is a new configuration.
+SIGTERM or Ctrl-C stops the running configuration resumably (it saves its finished epochs), prints
+the summary of done / failed / interrupted configurations and exits 143 (130 for Ctrl-C); rerun the
+same command to continue. Relative paths are relative to the repository root (the script runs from there).
 
 Options (each also settable by the environment variable in brackets; flags beat the environment,
 which beats the dataset preset, which beats the built-in default):
@@ -52,7 +56,7 @@ which beats the dataset preset, which beats the built-in default):
   --folder DIR                 results folder [FOLDER]                           (./runs/<dataset>)
   --device NAME                auto, cpu, cuda, cuda:N, mps [DEVICE]             (auto)
   --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]
-  --tag TEXT                   suffix for run names, e.g. to keep runs with other --extra apart [TAG]
+  --tag TEXT                   suffix for run names (names already differ when any setting does) [TAG]
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
   --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
                                dropout0.2 topkprune0.5 gan_adv_step1_pruning180", --at_strengths 1,
@@ -250,7 +254,6 @@ else DATASETS=cifar10
 fi
 [[ -n ${DATASETS// /} ]] || die "empty --datasets"
 
-finished() { [[ -f $1 ]] && grep -Eq '"status"[[:space:]]*:[[:space:]]*"finished"' "$1"; }
 # Print a command so that it can be pasted back into a shell.
 quote() { local a q out=""; for a in "$@"; do printf -v q '%q' "$a"; out+="$q "; done; printf '%s' "${out% }"; }
 
@@ -271,27 +274,30 @@ for ds in $DATASETS; do
     for st in $strengths; do
     for s in $SIGMAS; do
       for l in $LAMBDAS; do
-        fn="$(safe_name "$ds")_${ARCH}_cut${cut}_${BOTTLENECK}_sigma${s}_lambd${l}_tau${VAR_THRESHOLD}_ep${EPOCHS}_seed${SEED}"
-        [[ $REGULARIZATION == Gaussian_kl ]] || fn+="_$REGULARIZATION"
-        [[ ${def,,} == none ]] || fn+="_${def}_at${st}"
-        [[ -z $TAG ]] || fn+="_$TAG"
-        fn=$(safe_name "$fn")
-        run_dir=$FOLDER/$fn
         # shellcheck disable=SC2206  # EXTRA is a flag string meant to be split into words
-        cmd=("$PYTHON" main_MIA.py --arch "$ARCH" --cutlayer "$cut" --bottleneck_option "$BOTTLENECK"
-             --regularization "$REGULARIZATION" --regularization_strength "$s" --lambd "$l"
-             --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
-             --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
-             --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
-             --filename "$fn" --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
-        [[ ${def,,} == none ]] || cmd+=(--AT_regularization "$def" --AT_regularization_strength "$st")
-        if finished "$run_dir/metrics.json"; then
+        args=(--arch "$ARCH" --cutlayer "$cut" --bottleneck_option "$BOTTLENECK"
+              --regularization "$REGULARIZATION" --regularization_strength "$s" --lambd "$l"
+              --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
+              --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
+              --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
+              --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
+        [[ ${def,,} == none ]] || args+=(--AT_regularization "$def" --AT_regularization_strength "$st")
+        # The run's name and state come from the run identity (run_identity.py): every setting that
+        # changes results, --extra flags included, so a changed setting is a new configuration.
+        plan=$("$PYTHON" -m run_identity ${TAG:+--suffix "$TAG"} "${args[@]}" 2>&1) ||
+          die "cannot plan $(quote main_MIA.py "${args[@]}"): ${plan##*$'\n'}"
+        plan=${plan##*$'\n'}
+        state=${plan%% *} fn=${plan#* }
+        cmd=("$PYTHON" main_MIA.py "${args[@]}" --filename "$fn")
+        if [[ $state == finished ]]; then
           n_skip=$((n_skip + 1))
           [[ $DRY_RUN == 1 ]] && echo "[skip] $(quote "${cmd[@]}")"
           continue
         fi
-        # A killed run left a checkpoint: continue it instead of starting over.
-        [[ -f $run_dir/checkpoints/last.pt ]] && cmd+=(--resume)
+        case $state in
+          resume) cmd+=(--resume) ;;               # a killed run: continue it instead of starting over
+          attack|incomplete) cmd+=(--attack_only) ;;  # trained: add the missing attack results
+        esac
         n_todo=$((n_todo + 1))
         [[ $DRY_RUN == 1 ]] && echo "$(quote "${cmd[@]}")"
         printf '%s\0' "$fn" "$FOLDER/$fn.log" "${#cmd[@]}" "${cmd[@]}" >> "$JOBS_FILE"

@@ -129,7 +129,7 @@ def load_trained_run(run_dir, overrides: Optional[dict] = None, device=None) -> 
                         f"{', '.join(ARCHITECTURES)}); the run comes from another version or project")
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on=cfg.get("select_on", "val"),
                           seed=cfg["random_seed"], limit_train=cfg.get("limit_train"),
-                          limit_test=cfg.get("limit_test"))
+                          limit_test=cfg.get("limit_test"), num_classes=cfg.get("num_classes"))
     model = model_from_checkpoint(cfg, bundle.num_classes, bundle.image_size, ck, device)
     saved_shape = cfg.get("feature_shape")
     if saved_shape is not None and list(saved_shape) != list(model.feature_shape):

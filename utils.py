@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import tempfile
@@ -12,13 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-
-class UserError(Exception):
-    """A problem with the user's flags, paths or files.
-
-    Entry points print its message as one line and exit with status 2, never a traceback.
-    The message should name the problem and the fix.
-    """
+from errors import RunFailed, UserError  # noqa: F401  (re-exported: `from utils import UserError`)
 
 
 def seed_everything(seed: int) -> None:
@@ -47,11 +42,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+TMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside the target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to this user
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -64,9 +69,28 @@ def _atomic_replace(path: Path, write) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically so a killed process never leaves a half-written results file."""
-    data = json.dumps(obj, indent=2, sort_keys=False, default=_json_default).encode()
+    """Write JSON atomically so a killed process never leaves a half-written results file.
+
+    The file is always strict JSON: a non-finite number becomes null, and a top-level object gets
+    `non_finite: {"a.b.c": "nan"}` saying which values were replaced and what they were.
+    """
+    bad: dict = {}
+    clean = _finite_only(json.loads(json.dumps(obj, default=_json_default)), "", bad)
+    if bad and isinstance(clean, dict):
+        clean["non_finite"] = {**clean.get("non_finite", {}), **bad}
+    data = json.dumps(clean, indent=2, sort_keys=False, allow_nan=False).encode()
     _atomic_replace(Path(path), lambda f: f.write(data + b"\n"))
+
+
+def _finite_only(o, where: str, bad: dict):
+    if isinstance(o, float) and not math.isfinite(o):
+        bad[where] = str(o)
+        return None
+    if isinstance(o, dict):
+        return {k: _finite_only(v, f"{where}.{k}" if where else str(k), bad) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite_only(v, f"{where}[{i}]", bad) for i, v in enumerate(o)]
+    return o
 
 
 def _json_default(o):

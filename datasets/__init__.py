@@ -63,7 +63,7 @@ def _check_limit(value, flag: str) -> Optional[int]:
 
 def load_dataset(name: str, data_root, val_fraction: float = 0.1, select_on: str = "val", seed: int = 0,
                  download: bool = True, limit_train: Optional[int] = None,
-                 limit_test: Optional[int] = None) -> DataBundle:
+                 limit_test: Optional[int] = None, num_classes: Optional[int] = None) -> DataBundle:
     """Load a data set by name and assign its roles (train / val / test); see the module docstring."""
     if select_on not in SELECT_ON:
         raise UserError(f"unknown select_on '{select_on}'; choose one of: {', '.join(SELECT_ON)}")
@@ -78,7 +78,7 @@ def load_dataset(name: str, data_root, val_fraction: float = 0.1, select_on: str
     key = name.lower()
     prefix = next((p for p in DATASET_PREFIXES if key.startswith(p)), None)
     if prefix is not None:
-        raw = DATASET_PREFIXES[prefix](name[len(prefix):], data_root)
+        raw = DATASET_PREFIXES[prefix](name[len(prefix):], data_root, num_classes=num_classes or 0)
         name = prefix + name[len(prefix):]
     elif key in DATASETS:
         if data_root is None and key != "digits":  # digits ships with scikit-learn
@@ -88,6 +88,8 @@ def load_dataset(name: str, data_root, val_fraction: float = 0.1, select_on: str
     else:
         raise UserError(f"unknown dataset '{name}'; choose one of: {_choices()}")
 
+    if num_classes and num_classes != raw.num_classes:
+        raise UserError(f"--num_classes {num_classes} but {name} has {raw.num_classes} classes; omit --num_classes")
     mean, std = FIXED_STATS.get(name, (raw.mean, raw.std))
     if mean is None or std is None:
         mean, std = compute_stats(raw.train.x)

@@ -54,10 +54,21 @@ def read_npz(path: Path) -> tuple[TensorSplit, Optional[list]]:
 
 
 def _finish(train: TensorSplit, test: TensorSplit, names, source: str, num_classes: int = 0) -> RawData:
+    """num_classes 0: the labels decide (every class 0..max must have images, so a stray label fails
+    instead of silently adding hundreds of empty classes)."""
     if train.x.shape[1:] != test.x.shape[1:]:
         raise UserError(f"{source}: train images are {tuple(train.x.shape[1:])} but test images are "
                         f"{tuple(test.x.shape[1:])}; both must have the same size")
-    num_classes = max(num_classes, int(max(train.y.max(), test.y.max())) + 1)
+    top = int(max(train.y.max(), test.y.max()))
+    if num_classes and top >= num_classes:
+        raise UserError(f"{source}: label {top} found but there are {num_classes} classes (labels 0..{num_classes - 1}); "
+                        "fix the labels or pass the right --num_classes")
+    if not num_classes:
+        present = set(train.y.unique().tolist()) | set(test.y.unique().tolist())
+        if len(present) < top + 1:
+            raise UserError(f"{source}: labels run up to {top} but only {len(present)} of the classes 0..{top} have "
+                            f"images; labels must be 0..C-1 (pass --num_classes C if some classes are truly empty)")
+    num_classes = max(num_classes, top + 1)
     return RawData(train, test, num_classes, class_names_or_none(names, num_classes))
 
 
@@ -72,7 +83,7 @@ def _as_fraction(text: str) -> Optional[float]:
         return None
 
 
-def load_npz(spec: str, data_root) -> RawData:
+def load_npz(spec: str, data_root, num_classes: int = 0) -> RawData:
     parts = [s.strip() for s in spec.split(",")]
     if len(parts) not in (1, 2) or not all(parts):
         raise UserError(f"bad dataset 'npz:{spec}'; use npz:<file>, npz:<file>,<test fraction> or "
@@ -92,10 +103,10 @@ def load_npz(spec: str, data_root) -> RawData:
     else:
         (train, names), (test, test_names) = read_npz(paths[0]), read_npz(paths[1])
         names = names or test_names
-    return _finish(train, test, names, f"npz:{spec}")
+    return _finish(train, test, names, f"npz:{spec}", num_classes or (len(names) if names else 0))
 
 
-def load_imagefolder(spec: str, data_root) -> RawData:
+def load_imagefolder(spec: str, data_root, num_classes: int = 0) -> RawData:
     """`<dir>/train/<class>/*` and `<dir>/test/<class>/*`, or one `<dir>/<class>/*` tree split 80/20.
 
     Classes are the train folder's subfolder names, sorted; all images must be square and one size.

@@ -69,23 +69,48 @@ def test_overrides_env_and_flags(tmp_path):
         for expected in ("--regularization_strength 0.01", "--num_epochs 3", "--attack_epochs 2", "--device cpu",
                          f"--folder {tmp_path / 'f'}", "--arch vgg11_bn", "--learning_rate 0.01"):
             assert expected in c, expected
-        assert c.endswith("--limit_train 64 --no_attack")
+        assert "--limit_train 64 --no_attack --filename " in c
+
+
+def finish(cmd: str, tmp_path, status="finished"):
+    """Make the run of a dry-run command look done, the way main_MIA.py records it (with its identity)."""
+    sys.path.insert(0, str(REPO))
+    import shlex
+
+    from main_MIA import build_parser
+    from run_identity import identity
+
+    cfg = vars(build_parser().parse_args(shlex.split(cmd.removeprefix("[skip] "))[2:]))
+    run_dir = Path(cfg["folder"]) / cfg["filename"]
+    run_dir.mkdir(parents=True)
+    m = {"status": status, "identity": identity(cfg), "config": cfg}
+    if status == "finished":
+        m.update(train={"test_acc": 50.0}, attack={"decoder": {"train_time": {}, "infer_time": {}}})
+    (run_dir / "config.json").write_text(json.dumps({**cfg, "identity": identity(cfg)}))
+    (run_dir / "metrics.json").write_text(json.dumps(m))
+    return run_dir
 
 
 def test_finished_config_is_skipped(tmp_path):
     args = ("--dry-run", "--sigmas", "0.05", "--lambdas", "0 16")
     first = commands(sh(*args, tmp=tmp_path))
     done_name = flag(first[1], "--filename")
-    run_dir = tmp_path / "runs" / done_name
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "finished", "config": {}}))
-    half = tmp_path / "runs" / flag(first[0], "--filename")   # a killed run: resumed, not restarted
+    finish(first[1], tmp_path)
+    half = finish(first[0], tmp_path, status="training")   # a killed run: resumed, not restarted
     (half / "checkpoints").mkdir(parents=True)
     (half / "checkpoints" / "last.pt").write_bytes(b"")
-    (half / "metrics.json").write_text(json.dumps({"status": "training"}))
     cmds = commands(sh(*args, tmp=tmp_path))
     assert cmds[1].startswith("[skip] ") and done_name in cmds[1]
     assert not cmds[0].startswith("[skip]") and cmds[0].endswith("--resume")
+    # Issue 11: any other setting -- lr, batch size, an --extra flag -- is another configuration.
+    for more in (("--lr", "0.01"), ("--batch_size", "64"), ("--extra", "--limit_test 100"),
+                 ("--extra", "--milestones none")):
+        cmds = commands(sh(*args, *more, tmp=tmp_path))
+        assert not any(c.startswith("[skip]") for c in cmds), more
+        assert flag(cmds[1], "--filename") != done_name
+    # Other attack settings: the trained model is attacked again, beside the old results.
+    cmds = commands(sh(*args, "--attack_epochs", "7", tmp=tmp_path))
+    assert flag(cmds[1], "--filename") == done_name and cmds[1].endswith("--attack_only")
 
 
 def test_tinyimagenet_preset_and_precedence(tmp_path):
@@ -153,40 +178,63 @@ def test_defenses_sweep_dimension_and_preset(tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
-FAKE_MAIN = r'''
-import argparse, json, os, sys
-p = argparse.ArgumentParser()
-for f in ("arch cutlayer bottleneck_option regularization regularization_strength lambd var_threshold log_entropy "
-          "learning_rate num_epochs batch_size attack_epochs gan_AE_type dataset data_root folder filename "
-          "random_seed device limit_train limit_test milestones attack_modes").split():
-    p.add_argument("--" + f)
-a = p.parse_args()
-if float(a.lambd) == 8:
-    sys.exit("simulated crash")
-d = os.path.join(a.folder, a.filename)
-os.makedirs(os.path.join(d, "images"), exist_ok=True)
-open(os.path.join(d, "images", "decoder_train_time.png"), "wb").close()
-s, l = float(a.regularization_strength), float(a.lambd)
-res = {"final": {"mse_mean": 0.01 + s + l / 100, "mse_std": 0.0, "ssim_mean": 0.5, "ssim_std": 0.0,
-                 "psnr_mean": 15.0, "psnr_std": 0.0}}
-json.dump({"status": "finished", "config": {**vars(a), "regularization_strength": s, "lambd": l,
-           "cutlayer": int(a.cutlayer), "var_threshold": float(a.var_threshold), "num_epochs": int(a.num_epochs)},
-           "train": {"test_acc": 80 - 10 * s}, "attack": {"decoder": {"train_time": res}}},
-          open(os.path.join(d, "metrics.json"), "w"))
-print("trained", a.filename)
+FAKE_EXPERIMENT = r'''
+# Stand-in for experiment.py: the real main_MIA.py and run identity, no training.
+import json, os, sys, time
+from run_identity import identity
+
+
+def main_guard(fn):
+    try:
+        return fn() or 0
+    except KeyboardInterrupt:
+        print("interrupted: saved", file=sys.stderr)
+        return 130
+
+
+def run_experiment(cfg, progress=True):
+    if float(cfg["lambd"]) == 8:
+        sys.exit("simulated crash")
+    d = os.path.join(cfg["folder"], cfg["filename"])
+    os.makedirs(os.path.join(d, "images"), exist_ok=True)
+    m = {"status": "training", "identity": identity(cfg), "config": cfg}
+    json.dump({**cfg, "identity": m["identity"]}, open(os.path.join(d, "config.json"), "w"))
+    if os.environ.get("FAKE_SLOW"):
+        open(os.path.join(d, "started"), "w").close()
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:
+            m["status"] = "interrupted"
+            json.dump(m, open(os.path.join(d, "metrics.json"), "w"))
+            raise
+    open(os.path.join(d, "images", "decoder_train_time.png"), "wb").close()
+    s, l = float(cfg["regularization_strength"]), float(cfg["lambd"])
+    res = {"final": {"mse_mean": 0.01 + s + l / 100, "mse_std": 0.0, "ssim_mean": 0.5, "ssim_std": 0.0,
+                     "psnr_mean": 15.0, "psnr_std": 0.0}}
+    m.update(status="finished", train={"test_acc": 80 - 10 * s},
+             attack={"decoder": {"train_time": res, "infer_time": res}})
+    json.dump(m, open(os.path.join(d, "metrics.json"), "w"))
+    print("trained", cfg["filename"])
+    return m
 '''
 
 
-def test_real_run_with_stand_in_main(tmp_path):
+def stand_in_repo(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(SCRIPT, repo / "run_exp.sh")
-    (repo / "main_MIA.py").write_text(FAKE_MAIN)
+    for name in ("run_exp.sh", "main_MIA.py", "run_identity.py", "run_folder.py", "errors.py"):
+        shutil.copy(REPO / name, repo / name)
+    (repo / "experiment.py").write_text(FAKE_EXPERIMENT)
+    return repo
+
+
+def test_real_run_with_stand_in_main(tmp_path):
+    repo = stand_in_repo(tmp_path)
     folder = tmp_path / "out"
     args = ("--sigmas", "0.01 0.1", "--lambdas", "0 8 16", "--epochs", "1", "--folder", str(folder))
     r = sh(*args, script=repo / "run_exp.sh", tmp=tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "Summary: 4 done, 0 skipped (already finished), 2 failed" in r.stdout
+    assert "Summary: 4 done, 0 skipped (already finished), 2 failed, 0 interrupted" in r.stdout
     assert r.stdout.count("failed: ") == 2 and "lambd8" in r.stdout
     assert (folder / "results.md").exists() and (folder / "tradeoff.png").exists()
     assert "| σ=0.01 |" in r.stdout
@@ -201,3 +249,31 @@ def test_real_run_with_stand_in_main(tmp_path):
     assert f"trade-off plot: {tmp_path / 'q' / 'tradeoff.png'}" in r.stdout
     assert "reconstructions (λ=0): " in r.stdout and "reconstructions (λ=16): " in r.stdout
     assert "| 0.05 | 16 |" in r.stdout and "+266.7% |" in r.stdout  # tools.report's CEM-gain table
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_reaches_the_running_configuration(sig, code, tmp_path):
+    import signal
+    import time
+
+    repo = stand_in_repo(tmp_path)
+    folder = tmp_path / "out"
+    e = {k: v for k, v in os.environ.items() if k not in SWEEP_VARS}
+    e.update(PYTHON=sys.executable, FAKE_SLOW="1", DATA_ROOT=str(tmp_path / "no_data"))
+    p = subprocess.Popen(["bash", str(repo / "run_exp.sh"), "--sigmas", "0.01 0.1", "--lambdas", "0",
+                          "--folder", str(folder)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not list(folder.glob("*/started")) and time.time() < deadline:
+            time.sleep(0.2)
+        assert list(folder.glob("*/started")), "the first configuration never started"
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == code, out + err
+    (started,) = folder.glob("*/started")
+    assert json.loads((started.parent / "metrics.json").read_text())["status"] == "interrupted"
+    assert len(list(folder.glob("*/config.json"))) == 1          # the second configuration never began
+    assert "Summary: 0 done, 0 skipped (already finished), 0 failed, 1 interrupted" in out
+    assert "interrupted: " + started.parent.name in out and sig in err

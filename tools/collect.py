@@ -8,11 +8,19 @@ import json
 import math
 from pathlib import Path
 
+from run_identity import NOT_RESULT_KEYS
+
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
-# Besides dataset/arch/cutlayer, these settings change what a cell means, so runs that differ in
-# them must not share a table even though the paper's tables group only by dataset, arch and cut.
+# Shown in every table title. Tables are split by the runs' full identity (run_identity.py): runs that
+# differ in anything but σ and λ (the table's axes) and the seed (averaged in a cell) never share a
+# table, and the title names any other setting that differs between tables.
 GROUP_KEYS = ("dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "var_threshold",
               "num_epochs", "defense", "at_strength")
+AXES = ("regularization_strength", "lambd", "random_seed",
+        "AT_regularization", "AT_regularization_strength")  # the last two: the title's defence, strength
+# config.json entries derived from the data or the machine: no part of an identity.
+DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_val", "n_test", "feature_shape",
+                          "identity", "device"})
 
 
 def _num(x):
@@ -39,8 +47,35 @@ def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
         if status != "finished":
             warnings.append(f"skipping {path}: status is {status!r}, not 'finished'")
             continue
-        runs.append(_record(path, data))
+        rec = _record(path, data)
+        runs.append(rec)
+        for label, variant in (data.get("attack_variants") or {}).items():  # --attack_only with other settings
+            if isinstance(variant, dict):
+                runs.append(_variant(rec, label, variant))
     return runs, warnings
+
+
+def _identity(data: dict) -> dict:
+    """Everything that identifies the run, flattened; older files without one: their config, less derived keys."""
+    ident = data.get("identity") if isinstance(data.get("identity"), dict) else None
+    if ident is None:
+        cfg = data["config"]
+        return {k: v for k, v in cfg.items() if k not in NOT_RESULT_KEYS and k not in DERIVED_KEYS}
+    out = {"format": ident.get("format")}
+    out.update(ident.get("train") or {})
+    out.update({f"attack.{k}": v for k, v in (ident.get("attack") or {}).items()})
+    return out
+
+
+def _variant(rec: dict, label: str, variant: dict) -> dict:
+    ident = {k: v for k, v in rec["identity"].items() if not k.startswith("attack.")}
+    ident.update({f"attack.{k}": v for k, v in (variant.get("settings") or {}).items()})
+    attacks = {}
+    for attack, modes in (variant.get("attack") or {}).items():
+        for mode, res in (modes.items() if isinstance(modes, dict) else []):
+            if isinstance(res, dict):
+                attacks[(attack, mode)] = res
+    return {**rec, "filename": f"{rec['filename']}@{label}", "identity": ident, "attacks": attacks}
 
 
 def _record(path: Path, data: dict) -> dict:
@@ -59,6 +94,7 @@ def _record(path: Path, data: dict) -> dict:
         "var_threshold": _num(cfg.get("var_threshold")),
         "num_epochs": _num(cfg.get("num_epochs")),
         "test_acc": _num(train.get("test_acc")),
+        "identity": _identity(data),
         "attacks": {},
     }
     # The --AT_regularization defence; strength 0 switches it off, so such a run is a plain one.
@@ -102,11 +138,18 @@ def sort_key(value):
     return (2, 0, str(value))
 
 
+def _rest(rec: dict) -> str:
+    """The identity less the title's keys and the table's axes, as one comparable string."""
+    return json.dumps({k: v for k, v in rec["identity"].items() if k not in GROUP_KEYS and k not in AXES},
+                      sort_keys=True, default=str)
+
+
 def group_key(rec: dict) -> tuple:
     return tuple(rec[k] for k in GROUP_KEYS)
 
 
 def group_title(key: tuple) -> str:
+    """key: GROUP_KEYS values, optionally followed by ((setting, value), ...) that tell groups apart."""
     d = dict(zip(GROUP_KEYS, key))
     parts = [str(d["dataset"]), str(d["arch"]), f"cut {d['cutlayer']}"]
     if d["bottleneck_option"] not in (None, "None"):
@@ -119,15 +162,25 @@ def group_title(key: tuple) -> str:
         parts.append(f"{d['num_epochs']:g} epoch{'' if d['num_epochs'] == 1 else 's'}")
     if d.get("defense") not in (None, "None"):
         parts.append(f"defence {d['defense']} (strength {d['at_strength']:g})")
+    for k, v in (key[len(GROUP_KEYS)] if len(key) > len(GROUP_KEYS) else ()):
+        parts.append(f"{k}={v}")
     return ", ".join(parts)
 
 
 def groups(runs: list[dict]) -> list[tuple[tuple, list[dict]]]:
-    """Runs split into table groups, groups and their runs in a deterministic order."""
+    """Runs split into table groups by full identity (less σ, λ, seed), in a deterministic order.
+
+    A group's key is its GROUP_KEYS values plus the other settings whose values differ between groups.
+    """
     out: dict[tuple, list[dict]] = {}
     for r in runs:
-        out.setdefault(group_key(r), []).append(r)
-    return sorted(out.items(), key=lambda kv: tuple(sort_key(v) for v in kv[0]))
+        out.setdefault((group_key(r), _rest(r)), []).append(r)
+    rests = [json.loads(rest) for _, rest in out]
+    names = sorted({k for r in rests for k in r})
+    varying = [k for k in names if len({json.dumps(r.get(k, "<unset>"), default=str) for r in rests}) > 1]
+    keyed = [(base + (tuple((k, json.loads(rest).get(k, "<unset>")) for k in varying),), rs)
+             for (base, rest), rs in out.items()]
+    return sorted(keyed, key=lambda kv: tuple(sort_key(v) for v in kv[0][:-1]) + (json.dumps(kv[0][-1], default=str),))
 
 
 def mean(values):

@@ -1,0 +1,151 @@
+"""The run folder `<folder>/<filename>/`: its files, its state, and the lock held while a process works in it.
+
+Standard library only (the sweep's planner reads run states without importing torch).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from errors import UserError
+from run_identity import attack_results_missing, identity, identity_differences
+
+TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} ({what}) is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                        "fix or delete it, or start the run over with --force") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} ({what}) is not a JSON object; delete it or start the run over with --force")
+    return data
+
+
+class Run:
+    """Paths, recorded state and lock of one run folder."""
+
+    def __init__(self, folder, filename: str):
+        self.dir = Path(folder) / filename
+        self.metrics_path = self.dir / "metrics.json"
+        self.config_path = self.dir / "config.json"
+        self.train_log = self.dir / "train_log.csv"
+        self.last_ckpt = self.dir / "checkpoints" / "last.pt"
+        self.best_ckpt = self.dir / "checkpoints" / "best.pt"
+        self._log_file = None
+        self._lock_fd = None
+        self._created: list = []
+
+    # ------------------------------------------------------------------ recorded state
+    def metrics(self) -> dict:
+        return _read_json(self.metrics_path, "results")
+
+    def config(self) -> dict:
+        return _read_json(self.config_path, "the run's settings")
+
+    def stored_identity(self):
+        return self.config().get("identity") or self.metrics().get("identity")
+
+    def finished(self) -> bool:
+        return self.metrics().get("status") == "finished"
+
+    def plan(self, cfg: dict) -> tuple:
+        """(state, message) for running `cfg` here; states as in run_identity's docstring."""
+        if not self.dir.exists() or not (self.config_path.exists() or self.metrics_path.exists()):
+            return "new", ""
+        ident, old = identity(cfg), self.stored_identity()
+        if not old:
+            return "conflict", (f"{self.dir} holds a run without a recorded identity (made by an older version); "
+                                "use another --filename, or --force to redo it")
+        diff = identity_differences(old, ident, "train")
+        if diff:
+            return "conflict", (f"{self.dir} holds another configuration (differs in: {'; '.join(diff)}); "
+                                "use another --filename (or the default name), or --force to overwrite it")
+        metrics = self.metrics()
+        if "train" not in metrics:
+            return ("resume" if self.last_ckpt.exists() else "new"), ""
+        if cfg.get("no_attack"):
+            return "finished", ""
+        diff = identity_differences(old, ident, "attack")
+        if diff:
+            return "attack", (f"{self.dir} was trained with these settings but attacked with others "
+                              f"({'; '.join(diff)}); --attack_only adds these results beside the old ones")
+        missing = attack_results_missing(metrics.get("attack") or {}, cfg)
+        if missing:
+            return "incomplete", (f"{self.dir} is trained but has no results for {', '.join(missing)}; "
+                              "add them with --attack_only")
+        return "finished", ""
+
+    # ------------------------------------------------------------------ working in the folder
+    def open(self) -> None:
+        """Create the folder (remembering what was created), lock it, and remove orphan temporary files.
+
+        The lock is an OS lock on the folder itself (flock): it disappears with the process, so a
+        `kill -9` never leaves a stale lock behind.
+        """
+        missing = []
+        p = self.dir
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._created = missing
+            fd = os.open(self.dir, os.O_RDONLY)
+        except OSError as e:
+            raise UserError(f"cannot create output folder '{self.dir}' ({e.strerror}); "
+                            "pass a writable --folder (or another --filename)") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise UserError(f"another process is working in {self.dir}; wait for it to end "
+                                "(or stop it), or use another --filename") from None
+            raise
+        self._lock_fd = fd
+        try:  # prove it, as permissions, read-only mounts and ACLs all decide
+            probe = self.dir / f".write_test{os.getpid()}{TMP_GLOB[2:]}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            self.close()
+            raise UserError(f"run folder '{self.dir}' is not writable ({e.strerror}); fix its permissions "
+                            "or use another --folder / --filename") from None
+        for d in (self.dir, self.dir / "checkpoints"):
+            for tmp in d.glob(TMP_GLOB):
+                tmp.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        """After a failed start: remove the folders `open` created if nothing was written into them."""
+        self.close()
+        for d in self._created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+    def close(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def log(self, msg: str) -> None:
+        print(msg, flush=True)
+        if self._log_file is None:
+            self._log_file = open(self.dir / "log.txt", "a")
+        self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        self._log_file.flush()

@@ -1,0 +1,154 @@
+"""What identifies a run: every setting that can change its results.
+
+A run folder records `identity(cfg)` (in config.json and metrics.json). "Already finished" means the
+same identity; a different identity under the same name is refused with one line naming the settings
+that differ (`--force` overwrites). The identity is *every* setting of main_MIA.py's parser except
+the ones listed in NOT_RESULT_KEYS, so a flag added later counts automatically. Add a flag to
+NOT_RESULT_KEYS only when it cannot change any number the run writes.
+
+Settings in the parser's "attack" group form the identity's `attack` part; the rest (model, data,
+training, defence, seed) the `train` part. A trained run can be attacked again with other attack
+settings (`--attack_only`): those results go beside the old ones, under their own attack identity.
+
+Standard library only: run_exp.sh asks this module for names and states once per configuration.
+
+    python -m run_identity [--suffix TAG] <main_MIA.py flags>   ->   "<state> <run folder name>"
+
+state: new, resume (a checkpoint to continue), attack (trained, attacked with other settings: run with
+--attack_only to add these beside), incomplete (trained, some requested attack results missing: a plain
+rerun or --attack_only adds them), finished, conflict (the folder holds another configuration).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+
+# Bump when the meaning of metrics.json's numbers changes: older runs then no longer count as finished.
+RESULTS_FORMAT = 1
+
+NOT_RESULT_KEYS = frozenset({
+    # where results go and how progress is shown
+    "folder", "filename", "data_root", "no_progress",
+    # what to do with an existing folder, not what to compute
+    "force", "resume", "attack_only",
+    # where and how fast the same maths runs (float rounding aside); bf16 is NOT here: it changes precision
+    "device", "compile", "channels_last", "capture",
+    # per result, not per run: a finished run missing a mode is completed with --attack_only
+    "attack_modes", "no_attack",
+})
+ATTACK_GROUP = "attack"  # the parser group whose flags form the attack part
+
+
+@functools.lru_cache(maxsize=1)
+def attack_keys() -> frozenset:
+    """Destinations of the parser's "attack" group: a flag added there is an attack setting automatically."""
+    from main_MIA import build_parser
+
+    # argparse has no public accessor for a group's actions; these attributes are stable since Python 2.7.
+    for group in build_parser()._action_groups:
+        if group.title == ATTACK_GROUP:
+            return frozenset(a.dest for a in group._group_actions)
+    return frozenset()
+
+
+def _plain(v):
+    """JSON-shaped value (what config.json will hold), so stored and fresh identities compare equal."""
+    return json.loads(json.dumps(v, default=str))
+
+
+def identity(cfg: dict) -> dict:
+    attack = attack_keys()
+    keys = sorted(k for k in cfg if k not in NOT_RESULT_KEYS)
+    return {"format": RESULTS_FORMAT,
+            "train": {k: _plain(cfg[k]) for k in keys if k not in attack},
+            "attack": {k: _plain(cfg[k]) for k in keys if k in attack}}
+
+
+def digest(part) -> str:
+    return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def differences(old: dict, new: dict) -> list:
+    """'key old -> new' for every setting that differs (missing keys count as differing)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        if a != b:
+            out.append(f"{k} {a} -> {b}")
+    return out
+
+
+def identity_differences(old: dict, new: dict, part: str) -> list:
+    if old.get("format") != new.get("format"):
+        return [f"results format {old.get('format')} -> {new.get('format')}"]
+    return differences(old.get(part) or {}, new.get(part) or {})
+
+
+def _words(spec) -> list:
+    return [w.strip() for w in (spec.split(",") if isinstance(spec, str) else spec or []) if w.strip()]
+
+
+def attack_results_missing(results: dict, cfg: dict) -> list:
+    """'attack/mode' entries that `cfg` asks for and `results` (metrics.json's attack section) lacks."""
+    attacks = _words(cfg.get("attacks") or "decoder")
+    return [f"{a}/{m}" for a in attacks for m in _words(cfg.get("attack_modes"))
+            if not isinstance((results.get(a) or {}).get(m), dict)]
+
+
+def fmt_num(x) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
+
+
+def default_filename(cfg: dict) -> str:
+    """Readable summary of the main settings plus a digest of the whole training identity, so that
+    runs differing in any setting (batch size, milestones, --extra flags ...) never share a folder."""
+    ds = str(cfg["dataset"])
+    if ":" in ds:  # npz:/path/to/x.npz,... or imagefolder:/dir -> a short readable tag
+        kind, rest = ds.split(":", 1)
+        ds = kind + "-" + Path(rest.split(",")[0].rstrip("/")).stem
+    reg = str(cfg["regularization"])
+    parts = [ds, cfg["arch"], f"cut{cfg['cutlayer']}", str(cfg["bottleneck_option"]),
+             f"{reg}{fmt_num(cfg['regularization_strength'])}" if reg.lower() != "none" else "nonoise",
+             f"lambd{fmt_num(cfg['lambd'])}"]
+    if cfg["lambd"] and cfg["lambd"] > 0:
+        parts.append(f"tau{fmt_num(cfg['var_threshold'])}" + ("log" if int(cfg["log_entropy"]) else "lin"))
+    at = str(cfg.get("AT_regularization") or "None")
+    if at.lower() != "none" and float(cfg.get("AT_regularization_strength") or 0) > 0:
+        parts.append(f"{at}-s{fmt_num(float(cfg['AT_regularization_strength']))}")
+    parts += [f"ep{cfg['num_epochs']}", f"lr{fmt_num(cfg['learning_rate'])}", f"seed{cfg['random_seed']}"]
+    if cfg.get("limit_train"):
+        parts.append(f"n{cfg['limit_train']}")
+    ident = identity(cfg)
+    parts.append(digest({"format": ident["format"], "train": ident["train"]}))
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(parts))
+
+
+def plan_cli(argv: list) -> int:
+    from errors import UserError
+    from main_MIA import build_parser
+    from run_folder import Run
+
+    suffix = None
+    if argv[:1] == ["--suffix"]:
+        if len(argv) < 2:
+            print("error: --suffix needs a value", file=sys.stderr)
+            return 2
+        suffix, argv = argv[1], argv[2:]
+    cfg = vars(build_parser().parse_args(argv))
+    if not cfg.get("filename"):
+        cfg["filename"] = default_filename(cfg) + (f"_{suffix}" if suffix else "")
+    try:
+        state, _ = Run(cfg["folder"], cfg["filename"]).plan(cfg)
+    except UserError as e:  # an unreadable folder: the run itself will say so
+        print(f"note: {e}", file=sys.stderr)
+        state = "conflict"
+    print(state, cfg["filename"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(plan_cli(sys.argv[1:]))
