@@ -202,6 +202,9 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     if not cfg.get("force"):
         missing = attack_results_missing(block, merged)
         if not missing:
+            if metrics.get("status") != "finished":  # killed between the last result and the status
+                metrics["status"] = "finished"
+                write_json(run.metrics_path, metrics)
             print(f"already finished: {run.dir} has these attack results (use --force to redo them)")
             return metrics
         only = {tuple(m.split("/", 1)) for m in missing}

@@ -130,7 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, run_exp.sh) ends the run like Ctrl-C: saved and resumable
+    # SIGTERM (a scheduler, run_exp.sh) ends the run like Ctrl-C: saved and resumable. Once only: a
+    # scheduler and a sweep may both send it, and a second one must not cut the saving short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:

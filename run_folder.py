@@ -80,9 +80,9 @@ class Run:
             return "attack", (f"{self.dir} was trained with these settings but attacked with others "
                               f"({'; '.join(diff)}); --attack_only adds these results beside the old ones")
         missing = attack_results_missing(metrics.get("attack") or {}, cfg)
-        if missing:
-            return "incomplete", (f"{self.dir} is trained but has no results for {', '.join(missing)}; "
-                              "add them with --attack_only")
+        if missing or metrics.get("status") != "finished":  # status: killed after the last result
+            return "incomplete", (f"{self.dir} is trained but has no results for {', '.join(missing) or 'some modes'}; "
+                                  "add them with --attack_only")
         return "finished", ""
 
     # ------------------------------------------------------------------ working in the folder
