@@ -13,7 +13,23 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from utils import UserError, read_json, seed_everything, write_json
+from errors import UserError  # not utils: main_MIA's parser imports this module, and planning a sweep
+# (python -m run_identity) must not pay for importing torch once per configuration
+
+
+def read_json(path):
+    from utils import read_json as read
+    return read(path)
+
+
+def write_json(path, obj) -> None:
+    from utils import write_json as write
+    write(path, obj)
+
+
+def seed_everything(seed: int) -> None:
+    from utils import seed_everything as seed_all
+    seed_all(seed)
 
 ATTACKS = ("decoder", "gan", "rmle")
 MODES = ("train_time", "infer_time")

@@ -222,7 +222,7 @@ def run_experiment(cfg, progress=True):
 def stand_in_repo(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("run_exp.sh", "main_MIA.py", "run_identity.py", "run_folder.py", "errors.py"):
+    for name in ("run_exp.sh", "main_MIA.py", "run_identity.py", "run_folder.py", "errors.py", "attack_runner.py"):
         shutil.copy(REPO / name, repo / name)
     (repo / "experiment.py").write_text(FAKE_EXPERIMENT)
     return repo
