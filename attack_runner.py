@@ -174,25 +174,45 @@ def _file_logger(run_dir: Path):
 
 
 def attack_run(run_dir, settings: dict) -> dict:
-    """Attack one trained run folder with `settings` (attack flags plus data_root / device / progress).
+    """Attack one trained run folder with `settings` (attack flags plus data_root / device / progress,
+    and `force` to redo results that exist).
 
     The model, cut, bottleneck and defences come from the folder's config.json and best checkpoint,
-    loaded strictly. Returns the updated metrics.json content.
+    loaded strictly. The folder is locked meanwhile; results for attack settings other than the run's
+    own go beside its results (run_identity.select_results), never over them. Returns the updated
+    metrics.json content.
     """
-    from trained_run import load_trained_run
+    from run_folder import Run
+    from run_identity import select_results
+    from trained_run import load_trained_run, read_run_config
 
     run_dir = Path(run_dir)
     overrides = {k: settings.get(k) for k in (*ATTACK_KEYS, "data_root", "device")}
-    tr = load_trained_run(run_dir, overrides)
-    if tr.metrics.get("status") != "finished" or "train" not in tr.metrics:
-        raise UserError(f"{run_dir} has not finished training (status {tr.metrics.get('status')!r}); "
-                        "finish it with main_MIA.py --resume first")
-    seed_everything(int(tr.cfg["random_seed"]))
-    log = _file_logger(run_dir)
-    for n in tr.notes:
-        log(f"note: {n}")
-    return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, tr.metrics,
-                       progress=bool(settings.get("progress", True)), log=log)
+    saved, _ = read_run_config(run_dir)
+    run = Run(run_dir.parent, run_dir.name)
+    run.open()
+    try:
+        metrics = run.metrics()
+        if metrics.get("status") != "finished" or "train" not in metrics:
+            raise UserError(f"{run_dir} has not finished training (status {metrics.get('status')!r}); "
+                            "finish it with main_MIA.py --resume first")
+        merged = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
+        results, tag, only, adopted = select_results(saved, metrics, merged, force=bool(settings.get("force")))
+        if adopted:
+            write_json(run.config_path, saved)
+        if only == set():
+            print(f"already finished: {run_dir} has these attack results (use --force to redo them)")
+            return metrics
+        tr = load_trained_run(run_dir, overrides)
+        seed_everything(int(tr.cfg["random_seed"]))
+        log = _file_logger(run_dir)
+        for n in tr.notes:
+            log(f"note: {n}")
+        return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, metrics,
+                           progress=bool(settings.get("progress", True)), log=log, results=results, tag=tag,
+                           only=only)
+    finally:
+        run.close()
 
 
 def finished_runs(folder) -> list[Path]:

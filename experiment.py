@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from run_folder import Run
-from run_identity import attack_keys, attack_results_missing, default_filename, digest, identity
+from run_identity import attack_keys, default_filename, identity, select_results
 from utils import RunFailed, UserError, resolve_device, seed_everything, write_json
 from validation import check_attack_data, validate
 
@@ -186,28 +186,15 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
         if k in cfg:
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
-    settings = identity(merged)["attack"]
-    if not metrics.get("attack") and saved.get("identity"):  # trained with --no_attack: these become its own
-        saved.update({k: merged[k] for k in settings})
-        saved["identity"]["attack"] = settings
-        metrics.update(identity=saved["identity"], config=saved)
+    block, tag, only, adopted = select_results(saved, metrics, merged, force=bool(cfg.get("force")))
+    if adopted:
         write_json(run.config_path, saved)
-    if settings == (saved.get("identity") or {}).get("attack"):
-        block, tag = metrics.setdefault("attack", {}), ""
-    else:
-        label = digest(settings)
-        variant = metrics.setdefault("attack_variants", {}).setdefault(label, {"settings": settings, "attack": {}})
-        block, tag = variant["attack"], f"_{label}"
-    only = None  # --force: redo every requested result
-    if not cfg.get("force"):
-        missing = attack_results_missing(block, merged)
-        if not missing:
-            if metrics.get("status") != "finished":  # killed between the last result and the status
-                metrics["status"] = "finished"
-                write_json(run.metrics_path, metrics)
-            print(f"already finished: {run.dir} has these attack results (use --force to redo them)")
-            return metrics
-        only = {tuple(m.split("/", 1)) for m in missing}
+    if only == set():
+        if metrics.get("status") != "finished":  # killed between the last result and the status
+            metrics["status"] = "finished"
+            write_json(run.metrics_path, metrics)
+        print(f"already finished: {run.dir} has these attack results (use --force to redo them)")
+        return metrics
     from trained_run import load_trained_run
 
     seed_everything(int(merged["random_seed"]))

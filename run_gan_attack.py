@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "force", "no_progress")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "no_progress")}
     settings.update(attacks="gan", progress=not args.no_progress, device=args.device or "auto")
 
     def go():

@@ -37,8 +37,8 @@ NOT_RESULT_KEYS = frozenset({
     "force", "resume", "attack_only",
     # where and how fast the same maths runs (float rounding aside); bf16 is NOT here: it changes precision
     "device", "compile", "channels_last", "capture",
-    # per result, not per run: a finished run missing a mode is completed with --attack_only
-    "attack_modes", "no_attack",
+    # which results exist, not their values: a finished run missing some is completed with --attack_only
+    "attack_modes", "attacks", "no_attack",
 })
 ATTACK_GROUP = "attack"  # the parser group whose flags form the attack part
 
@@ -97,6 +97,35 @@ def attack_results_missing(results: dict, cfg: dict) -> list:
     attacks = _words(cfg.get("attacks") or "decoder")
     return [f"{a}/{m}" for a in attacks for m in _words(cfg.get("attack_modes"))
             if not isinstance((results.get(a) or {}).get(m), dict)]
+
+
+def select_results(saved: dict, metrics: dict, cfg: dict, force: bool = False):
+    """Where attack results for the attack settings of `cfg` go in a trained run's metrics.json.
+
+    Returns (results dict inside `metrics`, file-name tag, (attack, mode) pairs to run or None for all,
+    whether `saved` (config.json) was changed and must be written). The run's own attack settings own
+    `metrics["attack"]`; a run without any attack results yet (trained with --no_attack) adopts the
+    given ones; other settings get `metrics["attack_variants"][digest]`, files tagged `_<digest>`.
+    """
+    settings = identity(cfg)["attack"]
+    ident = saved.get("identity")
+    adopted = False
+    if not metrics.get("attack"):
+        metrics["attack_settings"] = settings  # also for folders made before identities were recorded
+        if ident:
+            saved.update({k: cfg[k] for k in settings})
+            ident["attack"] = settings
+            metrics.update(identity=ident, config=saved)
+            adopted = True
+        results, tag = metrics.setdefault("attack", {}), ""
+    elif settings == (metrics.get("attack_settings") or (ident or {}).get("attack")):
+        results, tag = metrics["attack"], ""
+    else:
+        label = digest(settings)
+        variant = metrics.setdefault("attack_variants", {}).setdefault(label, {"settings": settings, "attack": {}})
+        results, tag = variant["attack"], f"_{label}"
+    only = None if force else {tuple(m.split("/", 1)) for m in attack_results_missing(results, cfg)}
+    return results, tag, only, adopted
 
 
 def fmt_num(x) -> str:

@@ -99,3 +99,20 @@ def test_report_never_averages_different_configurations(tmp_path):
     assert any("learning_rate=0.01" in t for t in titles) and any("batch_size=64" in t for t in titles)
     md = report.markdown(grouped, "decoder", "train_time", "final")
     assert md.count("(n=2)") == 1 and "0.1500" in md  # mean of the two seeds' MSE
+
+
+def test_attacks_of_a_run_folder_with_other_settings_go_beside(tmp_path, capsys):
+    from attack_runner import attack_run
+    from fake_runs import make_run
+
+    run = make_run(tmp_path, limit_train=40, limit_test=12)
+    settings = {"attacks": "rmle", "attack_modes": "train_time", "rmle_steps": 2, "data_root": str(tmp_path),
+                "device": "cpu", "progress": False}
+    first = attack_run(run, settings)["attack"]["rmle"]["train_time"]
+    assert attack_run(run, settings)["attack"]["rmle"]["train_time"] == first   # not redone ...
+    assert "already finished" in capsys.readouterr().out
+    m = attack_run(run, {**settings, "rmle_steps": 3})                          # ... nor overwritten
+    (variant,) = m["attack_variants"].values()
+    assert m["attack"]["rmle"]["train_time"] == first and variant["settings"]["rmle_steps"] == 3
+    assert variant["attack"]["rmle"]["train_time"]["grid"] != first["grid"]
+    assert attack_run(run, {**settings, "force": True})["attack"]["rmle"]["train_time"]["grid"] == first["grid"]
