@@ -219,6 +219,23 @@ def run_experiment(cfg, progress=True):
 '''
 
 
+def with_parser(body: str) -> str:
+    """A stand-in main_MIA.py: the real parser (run_exp.sh asks run_identity, which reads it, for names
+    and states) and `body` as what running it does."""
+    import textwrap
+
+    real = (REPO / "main_MIA.py").read_text().split('\nif __name__ == "__main__":')[0]
+    return real + '\n\nif __name__ == "__main__":\n' + textwrap.indent(textwrap.dedent(body), "    ")
+
+
+FAKE_MAIN = with_parser(FAKE_EXPERIMENT + """
+import sys
+cfg = vars(build_parser().parse_args(sys.argv[1:]))
+cfg.pop("no_progress")
+run_experiment(cfg)
+""")
+
+
 def stand_in_repo(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from test_run_exp import FAKE_MAIN, REPO, SCRIPT, SWEEP_VARS, sh
+from test_run_exp import FAKE_MAIN, REPO, SCRIPT, SWEEP_VARS, sh, with_parser
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
@@ -55,7 +55,7 @@ def test_slurm_dry_run_prints_what_it_would_submit(tmp_path):
         assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: "), (bad, r.stderr)
 
 
-SLEEPY_MAIN = """
+SLEEPY_MAIN = with_parser("""
 import os, signal, sys, time
 a = sys.argv
 folder, name = a[a.index("--folder") + 1], a[a.index("--filename") + 1]
@@ -65,7 +65,7 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 print("ready".upper(), flush=True)
 time.sleep(60)
-"""
+""")
 
 
 def test_sigterm_to_run_exp_reaches_every_running_configuration(tmp_path):
