@@ -119,5 +119,5 @@ def test_decoder_attack_on_a_dropout_run_sees_dropped_out_features(tmp_path, mon
     assert out["status"] == "finished" and "infer_time" in out["attack"]["decoder"]
     assert seen and all(abs(f - 0.5) < 0.1 for f in seen), seen  # noise, then dropout: exact zeros reach it
     seen.clear()
-    run_experiment({**cfg, "attack_only": True}, progress=False)  # the re-attack path deploys it too
+    run_experiment({**cfg, "attack_only": True, "force": True}, progress=False)  # the re-attack path deploys it too
     assert seen and all(abs(f - 0.5) < 0.1 for f in seen), seen
