@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from errors import UserError  # stdlib-only, so a dry run never imports torch
+
 REPEAT_S = 2.0  # a terminal Ctrl-C reaches us twice (directly and via run_exp.sh): forward it once
-
-
-class UserError(Exception):
-    """utils.UserError's contract (one `error:` line, exit 2) without importing torch for a dry run."""
 
 
 @dataclass
