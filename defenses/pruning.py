@@ -9,6 +9,7 @@ server reads keep their shape. The trainer then rebuilds its optimizer (`structu
 """
 from __future__ import annotations
 
+import gc
 import itertools
 from typing import Dict, Iterable, Tuple
 
@@ -59,6 +60,11 @@ def prune_encoder(model, batches: Iterable[Tuple[torch.Tensor, torch.Tensor]], r
                                   pruning_ratio=ratio, ignored_layers=ignored)
     pruner.step()
     model.zero_grad(set_to_none=True)
+    # torch-pruning's trace leaves reference cycles holding an autograd graph of the model; its
+    # gradient-accumulator nodes (made on the default stream) would then be reused by the next CUDA
+    # graph capture, which fails on the stream mismatch. Free them now, not at some later gc pass.
+    del pruner
+    gc.collect()
     with torch.no_grad():
         after = tuple(enc(example).shape)
     model.train(was_training)

@@ -1,5 +1,6 @@
 """PATROL (`pruningE`, DESIGN.md §5): extra device layer, channel pruning, checkpoints of pruned runs."""
 import csv
+import gc
 import json
 import math
 
@@ -93,6 +94,23 @@ def test_pruning_removes_whole_channels_consistently_and_keeps_z():
     assert model.encoder.extra[0].out_channels == 16 and model.encoder.bottleneck[0].out_channels == 8
     assert model.encoder(torch.zeros(2, 3, 32, 32)).shape[1:] == model.feature_shape
     assert all(p.grad is None for p in model.parameters())
+
+
+def _graph_tensors():
+    """Ids of live tensors that belong to an autograd graph, unreachable cycles included."""
+    return {id(o) for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.grad_fn is not None}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_pruning_leaves_no_autograd_graph_alive():
+    """torch-pruning's trace makes reference cycles that hold an autograd graph of the model; on CUDA its
+    gradient accumulators (default stream) broke the recapture of the training step after pruning."""
+    torch.manual_seed(0)
+    model = build_split_model("vgg11_bn_sgm", 4, 10, 32, "noRELU_C8S1", extra_device_layer=True)
+    gc.collect()
+    before = _graph_tensors()
+    prune_encoder(model, _batches(32))
+    assert not _graph_tensors() - before  # without a gc pass of the test's own
 
 
 def test_checkpoint_record_rebuilds_a_pruned_model_and_rejects_others():
