@@ -104,8 +104,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # shapes are static under capture
         self.defenses.set_capture(captured)
         self.stepper = StepCapture(self._step, captured, log=log)
-        # Running sums of one epoch (loss, correct, CEM term); fixed tensors so a graph can update them.
-        self._sums = torch.zeros(3, device=device)
+        # Running sums of one epoch (loss, correct, CEM term, other defences' encoder terms); fixed
+        # tensors so a graph can update them.
+        self._sums = torch.zeros(4, device=device)
         self._step_lr = settings.learning_rate
 
     # ------------------------------------------------------------------ helpers
@@ -184,16 +185,16 @@ class Trainer:
             z = self.model.encoder(self._prep(x))
             out = self.model.server_forward(self.defenses.obfuscate(z, training=True))
             loss = F.cross_entropy(out.float(), y)
-        extra = self.defenses.encoder_loss(z.float(), x, y, lr=self._step_lr)
-        total = loss if extra is None else loss + extra
+        terms = self.defenses.encoder_losses(z.float(), x, y, lr=self._step_lr)
+        total = sum(terms.values(), loss)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         n = y.shape[0]
         self._sums[0] += loss.detach() * n
         self._sums[1] += (out.detach().argmax(1) == y).sum()
-        if extra is not None:
-            self._sums[2] += extra.detach() * n
+        for name, term in terms.items():  # CEM's term is logged on its own; the others' sum beside it
+            self._sums[2 if name == "cem" else 3] += term.detach() * n
 
     def step_key(self) -> tuple:
         """Everything a captured step bakes in; a change (lr milestone, CEM switching on, a pruned or
@@ -225,9 +226,10 @@ class Trainer:
                 self.stepper(key, x, y)
             seen += len(y)
         bar.close()
-        loss_sum, correct, cem_sum = self._sums.tolist()  # the epoch's one sync
+        loss_sum, correct, cem_sum, other_sum = self._sums.tolist()  # the epoch's one sync
         return {"lr": base_server, "train_loss": loss_sum / max(seen, 1),
-                "train_acc": 100.0 * correct / max(seen, 1), "cem_term": cem_sum / max(seen, 1)}
+                "train_acc": 100.0 * correct / max(seen, 1), "cem_term": cem_sum / max(seen, 1),
+                "other_defense_term": other_sum / max(seen, 1)}
 
     # ------------------------------------------------------------------ checkpoints
     def _rng_state(self):
@@ -288,7 +290,7 @@ class Trainer:
             self.defenses.on_epoch_start(self, epoch)
             cem_active = isinstance(cem, CEM) and cem.lambd > 0 and cem.state is not None
             stats = self.train_epoch(epoch)
-            bad = [k for k in ("train_loss", "cem_term") if not math.isfinite(stats[k])]
+            bad = [k for k in ("train_loss", "cem_term", "other_defense_term") if not math.isfinite(stats[k])]
             if bad:  # checked once per epoch (the sums are already on the host): no per-batch sync
                 raise RunFailed(f"the training loss became non-finite ({bad[0]} = {stats[bad[0]]}) in epoch "
                                 f"{epoch + 1}; the last good checkpoint (epoch {self.epoch}) is kept; lower "
@@ -308,6 +310,8 @@ class Trainer:
             if self.epoch - 1 in resets:  # a function of the epoch alone, so a resumed run resets alike
                 self.best = {"acc": -1.0, "epoch": 0}
             others = {k: v for k, v in extra.items() if not k.startswith("cem_")}
+            if stats["other_defense_term"]:  # e.g. NoPeek's weighted dCor; cem_loss is CEM's alone
+                others = {"encoder_loss_other": stats["other_defense_term"], **others}
             if others:  # e.g. the adversarial defence's decoder SSIM; not a train_log.csv column
                 self.log(f"epoch {self.epoch}: " + "  ".join(f"{k} {v:.4g}" for k, v in others.items()))
             if val_acc > self.best["acc"]:

@@ -81,13 +81,18 @@ class DefenseStack(Defense):
             z = d.obfuscate(z, training)
         return z
 
-    def encoder_loss(self, z, x, y, lr):
-        total = None
+    def encoder_losses(self, z, x, y, lr) -> dict:
+        """{defence name: its encoder term} for the defences that add one now."""
+        terms = {}
         for d in self.defenses:
             term = d.encoder_loss(z, x, y, lr)
             if term is not None:
-                total = term if total is None else total + term
-        return total
+                terms[d.name] = term
+        return terms
+
+    def encoder_loss(self, z, x, y, lr):
+        terms = list(self.encoder_losses(z, x, y, lr).values())
+        return sum(terms[1:], terms[0]) if terms else None
 
     def on_epoch_start(self, trainer, epoch):
         for d in self.defenses:

@@ -199,7 +199,7 @@ def test_select_on_test_keeps_best_of_last_epochs_and_resumes_exactly(tmp_path, 
         t = model_training.Trainer(model, bundle, defenses, torch.device("cpu"), tmp_path / name, s,
                                    progress=False, log=lambda m: None)
         monkeypatch.setattr(t, "train_epoch", lambda e: {"lr": 0.05, "train_loss": 1.0, "train_acc": 0.0,
-                                                         "cem_term": 0.0})
+                                                         "cem_term": 0.0, "other_defense_term": 0.0})
         monkeypatch.setattr(t, "evaluate", lambda loader: float(accs[t.epoch]))
         return t
 
@@ -210,3 +210,18 @@ def test_select_on_test_keeps_best_of_last_epochs_and_resumes_exactly(tmp_path, 
     assert first.best["epoch"] == 11
     again = make("test", "r")
     assert again.resume() and again.fit()["best_epoch"] == 12
+
+
+def test_cem_column_holds_cem_alone_beside_another_encoder_term(tmp_path, monkeypatch):
+    """With NoPeek + CEM, train_log.csv's cem_loss is CEM's term; NoPeek's goes to the log line."""
+    from defenses.nopeek import NoPeek
+
+    monkeypatch.setattr(NoPeek, "encoder_loss", lambda self, z, x, y, lr: z.new_tensor(1000.0))
+    cfg = cfg_for(tmp_path, num_epochs=2, AT_regularization="nopeek", AT_regularization_strength=1.0)
+    run_experiment(cfg, progress=False)
+    run_dir = tmp_path / "runs" / "r"
+    with open(run_dir / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    cem = float(rows[1]["cem_loss"])  # epoch 2: CEM is on
+    assert 0 < cem < 20, rows[1]  # 1000/16 and more if NoPeek's term were counted in
+    assert "encoder_loss_other 1000" in (run_dir / "log.txt").read_text()
