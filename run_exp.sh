@@ -6,10 +6,12 @@ set -f  # sweep lists and --extra are split into words; never glob-expand them
 
 # --quick: CEM against no CEM at one noise level, meant to finish within 10 minutes on a 2-core CPU.
 # Small data means few SGD steps per epoch, so batch 32 (4x the steps of the paper's 128 for the same
-# compute) and a constant lr until 70% of the run, then x0.2 at 70% and 90%: lambda_eff = lambda*0.001/lr
-# rises 0.32 -> 1.6 -> 8 as in the paper's schedule, which a 10-epoch run would otherwise decay too soon.
+# compute) with the lr scaled alike (0.05 * 32/128 = 0.0125), constant until 70% of the run, then x0.2
+# at 70% and 90%. CEM's step is coupled to the lr (lambda_eff = lambda*0.001/lr), so lambda_eff rises
+# 1.28 -> 6.4 -> 32 and CEM's own step size lambda*0.001 stays the paper's.
 QUICK_SIGMAS="0.05"
 QUICK_LAMBDAS="0 16"
+QUICK_LR=0.0125
 QUICK_EPOCHS=10
 QUICK_ATTACK_EPOCHS=8
 QUICK_LIMIT_TRAIN=3000
@@ -69,8 +71,8 @@ which beats the dataset preset, which beats the built-in default):
   --slurm_partition P, --slurm_time T (required; minutes or H:MM:SS), --slurm_gpus_per_node N (1),
   --slurm_cpus_per_task N, --slurm_mem 16G, --slurm_array_parallelism N, --slurm_extra "qos=x account=y"
                                slurm: each configuration is one task of a job array, through submitit
-  --quick                      small CEM-vs-no-CEM demo: σ "0.025 0.1", λ "0 16", few epochs, data
-                               limited with --limit_train/--limit_test, folder ./runs/quick; uses
+  --quick                      small CEM-vs-no-CEM demo: σ 0.05, λ "0 16", 10 epochs at batch 32 and
+                               lr 0.0125, 3,000 training images, folder ./runs/quick; uses
                                CIFAR-10 if available (or downloadable), else scikit-learn digits
   --dry-run                    print the commands (finished ones prefixed "[skip]") and how the
                                executor would run them (Slurm: the sbatch settings), run nothing and
@@ -169,7 +171,7 @@ configure() {
   fi
   if [[ $QUICK == 1 ]]; then
     SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
-    BATCH=$QUICK_BATCH FOLDER=$QUICK_FOLDER
+    BATCH=$QUICK_BATCH LR=$QUICK_LR FOLDER=$QUICK_FOLDER
   fi
   case $ds in
     tinyimagenet) ARCH=resnet20 CUTLAYERS=5 BOTTLENECK=noRELU_C8S1 VAR_THRESHOLD=0.0625 ;;

@@ -134,6 +134,10 @@ def test_quick_dry_run_falls_back_to_digits(tmp_path):
     assert {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds} == {("0.05", "0"), ("0.05", "16")}
     # lr x0.2 at 70% and 90% of the run: epochs 7 and 9 of the default 10
     assert {flag(c, "--milestones") for c in cmds} == {"7\\,9"} and {flag(c, "--batch_size") for c in cmds} == {"32"}
+    # the paper's lr 0.05 at batch 128, scaled to batch 32; an explicit --lr still wins
+    assert {flag(c, "--learning_rate") for c in cmds} == {"0.0125"}
+    r = sh("--quick", "--dry-run", "--lr", "0.05", env={"DATA_ROOT": str(tmp_path / "empty")})
+    assert {flag(c, "--learning_rate") for c in commands(r)} == {"0.05"}
     assert "handwritten digits" in r.stderr
     assert not (tmp_path / "empty").exists()   # the dry run's check never downloads
 
