@@ -21,6 +21,7 @@ switches this object to eager for good, with one warning: slower, never wrong.
 """
 from __future__ import annotations
 
+import gc
 import warnings
 from typing import Callable, Hashable, Optional, Sequence
 
@@ -112,6 +113,9 @@ class StepCapture:
     def _capture(self, inputs: Sequence[torch.Tensor]):
         static = [t.detach().clone() for t in inputs]
         graph = torch.cuda.CUDAGraph()
+        # Cyclic garbage can keep an old autograd graph alive, and with it gradient accumulators bound
+        # to another stream, which the captured backward would reuse and fail on; captures are rare.
+        gc.collect()
         torch.cuda.synchronize()
         with torch.cuda.graph(graph):
             self.step_fn(*static)
