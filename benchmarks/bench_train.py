@@ -66,6 +66,29 @@ def timed_epoch(trainer, epoch, device):
     return t2 - t0, t2 - t1
 
 
+def refresh_parts(trainer, device) -> dict:
+    """Seconds of the three parts of CEM's refresh: drawing the augmented batches, the eval-mode encoder
+    pass over them, and the k-means fit (with the loss constants it prepares)."""
+    cem = trainer.defenses.find("cem")
+    loader = trainer.aug_train_loader
+    loader.set_epoch(trainer.epoch)
+    sync(device)
+    t0 = time.perf_counter()
+    batches = list(loader)
+    sync(device)
+    t1 = time.perf_counter()
+    trainer.model.eval()
+    with torch.no_grad(), trainer._autocast():
+        z = torch.cat([trainer.model.encoder(trainer._prep(x)).float().flatten(1) for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    sync(device)
+    t2 = time.perf_counter()
+    cem.refresh(z, y)
+    sync(device)
+    t3 = time.perf_counter()
+    return {"augment_s": t1 - t0, "encoder_s": t2 - t1, "kmeans_s": t3 - t2}
+
+
 def time_attack(bundle, trainer, mode, bf16, args, device):
     """Median epoch time of the decoder attack (train_time data), skipping its first epoch."""
     from attacks.decoder import DecoderAttack, attacker_splits
@@ -99,6 +122,8 @@ def main():
     p.add_argument("--bf16", action="store_true", help="same as --precisions bf16")
     p.add_argument("--attack_epochs", type=int, default=0, help="also time the decoder attack (N timed epochs)")
     p.add_argument("--attack_decoder", default="res_normN8C64")
+    p.add_argument("--refresh_parts", action="store_true",
+                   help="also time CEM's refresh in parts: augmentation, encoder pass, k-means")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no_channels_last", dest="channels_last", action="store_false")
     p.add_argument("--no_compile", dest="compile", action="store_false", help="CEM loss in eager mode on CUDA")
@@ -162,6 +187,14 @@ def main():
         if m != "eager" and base_eager:
             speed = [b["epoch_median_s"] / r["epoch_median_s"] for b, r in zip(base_eager, mine)]
             print(f"{m} vs eager: {', '.join(f'{v:.2f}x' for v in speed)} (same order as above)")
+    if args.refresh_parts:
+        results["refresh_parts"] = []
+        for s in settings:
+            if s[2]:
+                parts = refresh_parts(trainers[s], device)
+                print(f"refresh {s[0]} {s[1]}: " + "  ".join(f"{k[:-2]} {v:.3f} s" for k, v in parts.items()),
+                      flush=True)
+                results["refresh_parts"].append({"mode": s[0], "precision": s[1], **parts})
     if args.attack_epochs:
         for m in modes:
             for q in precisions:
