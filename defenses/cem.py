@@ -170,6 +170,11 @@ def lambda_eff(lambd: float, lr: float, coupling: str = "paper") -> float:
 # --------------------------------------------------------------------------------------------
 # the defence object
 # --------------------------------------------------------------------------------------------
+# Feature variance below this fraction of the noise variance means the encoder sends a constant.
+# Healthy CEM runs shrink it to ~0.4 sigma^2; the collapsed NoPeek + CEM run reached 1e-7 sigma^2.
+COLLAPSE_RATIO = 1e-3
+
+
 class CEM(Defense):
     """Holds the per-class mixture state, refreshes it after each epoch, adds lambda_eff * L_C."""
 
@@ -188,6 +193,7 @@ class CEM(Defense):
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
         self.refreshes = 0
+        self._collapse_said = False
 
     def encoder_loss(self, z, x, y, lr):
         if self.lambd == 0 or self.state is None:
@@ -237,10 +243,22 @@ class CEM(Defense):
         z, y = trainer.train_features(augment=self.refresh_aug)
         self.refresh(z, y)
         logs = {"cem_mean_var": float(self.state["variances"][self.state["valid"]].mean())}
+        self._check_collapse(z, trainer)
         if self.diag_every and self.refreshes % self.diag_every == 0:
             s = self.state
             logs["cem_logdet"] = mixture_logdet(z, y, s["centroids"], s["valid"], s["weights"], self.sigma)
         return logs
+
+    def _check_collapse(self, z, trainer) -> None:
+        """Says once when the features have shrunk to a constant (seen with NoPeek + CEM): the server
+        then sees noise only and the run is at chance, which the accuracy column alone does not explain."""
+        spread = float(z.var(0).mean()) if len(z) > 1 else float("nan")
+        if self.sigma > 0 and spread < COLLAPSE_RATIO * self.sigma ** 2 and not self._collapse_said:
+            self._collapse_said = True
+            trainer.log(f"warning: the features have collapsed after epoch {trainer.epoch + 1}: their variance "
+                        f"across training images is {spread:.3g} per dimension, under {COLLAPSE_RATIO:g} x sigma^2 "
+                        f"({self.sigma ** 2:.3g}), so the server sees noise only; lower --lambd or the other "
+                        "defence's strength")
 
     def state_dict(self):
         st = None if self.state is None else {k: v.cpu() for k, v in self.state.items()}

@@ -166,3 +166,29 @@ def test_cem_defence_loss_needs_state_then_refreshes():
     other = CEM(lambd=16, sigma=0.05, var_threshold=0.125, num_classes=3, n_train=90, k=2, lr_coupling="none")
     other.load_state_dict(st)
     assert torch.equal(other.encoder_loss(zq, None, y[:16], 0.05), loss)
+
+
+def test_collapsed_features_are_reported_once():
+    class FakeTrainer:
+        epoch = 3
+
+        def __init__(self, z, y):
+            self.z, self.y, self.lines = z, y, []
+
+        def train_features(self, augment=False):
+            return self.z, self.y
+
+        def log(self, msg):
+            self.lines.append(msg)
+
+    y = torch.arange(90) % 3
+    g = torch.Generator().manual_seed(0)
+    # a CEM-shrunk but working encoder: spread 0.4 sigma^2, as measured at the end of the quick run
+    healthy = FakeTrainer(0.5 + 0.4 ** 0.5 * 0.05 * torch.randn(90, 8, generator=g), y)
+    collapsed = FakeTrainer(0.6 + 1e-6 * torch.randn(90, 8, generator=g), y)
+    for t in (healthy, collapsed):
+        cem = CEM(lambd=16, sigma=0.05, var_threshold=0.125, num_classes=3, n_train=90, k=2)
+        cem.on_epoch_end(t)
+        cem.on_epoch_end(t)
+    assert healthy.lines == []
+    assert len(collapsed.lines) == 1 and "collapsed after epoch 4" in collapsed.lines[0]
