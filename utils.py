@@ -147,18 +147,6 @@ def normalize(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
 
 
 
-def check_writable_dir(path: str | Path, flag: str = "--folder") -> Path:
-    """Create `path` if needed and prove we can write there, before any long work starts."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to output folder '{path}' ({e.strerror}); pass a writable {flag}") from None
-    return path
-
-
 def fmt_num(x: float) -> str:
     """Compact, filename-safe number: 0.05 -> '0.05', 16.0 -> '16'."""
     return f"{x:g}"

@@ -22,7 +22,7 @@ from typing import Tuple
 
 import torch
 
-from utils import UserError, check_writable_dir, resolve_device, seed_everything, torch_save_atomic, write_json
+from utils import UserError, resolve_device, seed_everything, torch_save_atomic, write_json
 
 from .official_ckpt import detect_variant, find_published_files, read_published_file
 from .official_layout import PARTS, load_published, map_part
@@ -114,6 +114,7 @@ def import_official(args, progress: bool = True) -> dict:
     from datasets import load_dataset
     from defenses import build_defenses
     from model_training import Trainer, TrainSettings
+    from run_folder import Run
 
     paths = find_published_files(args.ckpt_dir, args.epoch)
     files, kinds = {}, {}
@@ -138,37 +139,44 @@ def import_official(args, progress: bool = True) -> dict:
     mapping = load_published(model, files)
     defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train))
 
-    check_writable_dir(cfg["folder"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    settings = TrainSettings(num_epochs=int(cfg["num_epochs"]), seed=int(cfg["random_seed"]), capture="off",
-                             channels_last=False)
-    trainer = Trainer(model, bundle, defenses, device, run_dir, settings, progress=progress, log=print)
-    acc = trainer.evaluate(trainer.test_loader)
-    clean = Trainer(model, bundle, build_defenses({**cfg, "regularization": "None", "regularization_strength": 0,
-                                                   "lambd": 0}, bundle.num_classes, len(bundle.train)),
-                    device, run_dir, settings, progress=False, log=print).evaluate(trainer.test_loader)
+    run = Run(cfg["folder"], cfg["filename"])
+    run.open()  # creates, locks and proves the folder writable, as for a trained run
+    try:
+        settings = TrainSettings(num_epochs=int(cfg["num_epochs"]), seed=int(cfg["random_seed"]), capture="off",
+                                 channels_last=False)
+        trainer = Trainer(model, bundle, defenses, device, run_dir, settings, progress=progress, log=print)
+        acc = trainer.evaluate(trainer.test_loader)
+        clean = Trainer(model, bundle, build_defenses({**cfg, "regularization": "None", "regularization_strength": 0,
+                                                       "lambd": 0}, bundle.num_classes, len(bundle.train)),
+                        device, run_dir, settings, progress=False, log=print).evaluate(trainer.test_loader)
 
-    source = {"ckpt_dir": str(Path(args.ckpt_dir).resolve()), "epoch": args.epoch, "variant": variant,
-              "files": {p.name: _sha256(p) for p in paths.values()}}
-    saved = dict(cfg, device=str(device), torch=torch.__version__, num_classes=bundle.num_classes,
-                 image_size=bundle.image_size, n_train=len(bundle.train), n_val=0, n_test=len(bundle.test),
-                 feature_shape=list(model.feature_shape), imported_from=source)
-    epoch = int(args.epoch) if str(args.epoch).isdigit() else int(cfg["num_epochs"])
-    torch_save_atomic({"epoch": epoch, "model": model.state_dict(), "architecture": architecture_record(model),
-                       "imported_from": source},
-                      run_dir / "checkpoints" / "best.pt")
-    write_json(run_dir / "import_map.json", {"source": source, "mapping": {
-        stem: [{"published": t, "ours": f"{attr}.{o}"} for t, o in mapping[stem]] for stem, attr in PARTS}})
-    write_json(run_dir / "config.json", saved)
-    metrics = {"status": "finished", "config": saved, "imported_from": source,
-               "train": {"test_acc": acc, "test_acc_clean": clean, "selected": f"published checkpoint ({args.epoch})",
-                         "select_on": "published", "best_epoch": epoch}}
-    write_json(run_dir / "metrics.json", metrics)
-    print(f"imported {variant} run {args.ckpt_dir} ({sum(len(v) for v in mapping.values())} tensors, strict) into "
-          f"{run_dir}\ntest accuracy {acc:.2f}% as deployed (σ = {cfg['regularization_strength']:g}), "
-          f"{clean:.2f}% without noise, on {len(bundle.test)} test images\n"
-          f"attack it with: python main_MIA.py --attack_only --folder {cfg['folder']} --filename {cfg['filename']}")
-    return metrics
+        source = {"ckpt_dir": str(Path(args.ckpt_dir).resolve()), "epoch": args.epoch, "variant": variant,
+                  "files": {p.name: _sha256(p) for p in paths.values()}}
+        saved = dict(cfg, device=str(device), torch=torch.__version__, num_classes=bundle.num_classes,
+                     image_size=bundle.image_size, n_train=len(bundle.train), n_val=0, n_test=len(bundle.test),
+                     feature_shape=list(model.feature_shape), imported_from=source)
+        epoch = int(args.epoch) if str(args.epoch).isdigit() else int(cfg["num_epochs"])
+        torch_save_atomic({"epoch": epoch, "model": model.state_dict(), "architecture": architecture_record(model),
+                           "imported_from": source},
+                          run.best_ckpt)
+        write_json(run_dir / "import_map.json", {"source": source, "mapping": {
+            stem: [{"published": t, "ours": f"{attr}.{o}"} for t, o in mapping[stem]] for stem, attr in PARTS}})
+        write_json(run.config_path, saved)
+        metrics = {"status": "finished", "config": saved, "imported_from": source,
+                   "train": {"test_acc": acc, "test_acc_clean": clean,
+                             "selected": f"published checkpoint ({args.epoch})", "select_on": "published",
+                             "best_epoch": epoch}}
+        write_json(run.metrics_path, metrics)
+        print(f"imported {variant} run {args.ckpt_dir} ({sum(len(v) for v in mapping.values())} tensors, strict) into "
+              f"{run_dir}\ntest accuracy {acc:.2f}% as deployed (σ = {cfg['regularization_strength']:g}), "
+              f"{clean:.2f}% without noise, on {len(bundle.test)} test images\n"
+              f"attack it with: python main_MIA.py --attack_only --folder {cfg['folder']} --filename {cfg['filename']}")
+        return metrics
+    except BaseException:
+        run.abandon()  # removes the folders it created, if still empty
+        raise
+    finally:
+        run.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
