@@ -1,13 +1,12 @@
 import math
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from tiny_images import Split, smooth_u8
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from architectures.decoders import build_decoder
 from attacks.decoder import DecoderAttack, attacker_splits
@@ -20,22 +19,6 @@ DATA_ROOT = SHARED_DATA
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@dataclass
-class Split:  # stand-in with the contract's TensorSplit attributes only
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self):
-        return self.x.shape[0]
-
-
-def smooth_u8(n, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g)
-    x = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def id_images(n, num_classes, size=8):

@@ -1,12 +1,11 @@
 """White-box optimisation attack (rMLE) and the attack selection of main_MIA --attack_only."""
 import json
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from fake_runs import make_run
+from tiny_images import Split, smooth_u8
 
 import main_MIA
 from architectures import build_split_model
@@ -17,19 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@dataclass
-class Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self):
-        return self.x.shape[0]
-
-
 def smooth(n, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = F.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=(size, size), mode="bilinear", align_corners=False)
-    return Split((x * 255).round().to(torch.uint8), torch.zeros(n, dtype=torch.long))
+    return Split(smooth_u8(n, size, seed), torch.zeros(n, dtype=torch.long))
 
 
 def test_total_variation():
