@@ -67,26 +67,23 @@ def timed_epoch(trainer, epoch, device):
 
 
 def refresh_parts(trainer, device) -> dict:
-    """Seconds of the three parts of CEM's refresh: drawing the augmented batches, the eval-mode encoder
-    pass over them, and the k-means fit (with the loss constants it prepares)."""
+    """Seconds of the three parts of CEM's refresh: drawing the augmented batches alone, the encoder
+    pass (the trainer's feature pass minus that), and the k-means fit with the loss constants."""
     cem = trainer.defenses.find("cem")
-    loader = trainer.aug_train_loader
-    loader.set_epoch(trainer.epoch)
+    trainer.aug_train_loader.set_epoch(trainer.epoch)
     sync(device)
     t0 = time.perf_counter()
-    batches = list(loader)
+    for _ in trainer.aug_train_loader:
+        pass
     sync(device)
     t1 = time.perf_counter()
-    trainer.model.eval()
-    with torch.no_grad(), trainer._autocast():
-        z = torch.cat([trainer.model.encoder(trainer._prep(x)).float().flatten(1) for x, _ in batches])
-    y = torch.cat([y for _, y in batches])
+    z, y = trainer.train_features(augment=True)
     sync(device)
     t2 = time.perf_counter()
     cem.refresh(z, y)
     sync(device)
     t3 = time.perf_counter()
-    return {"augment_s": t1 - t0, "encoder_s": t2 - t1, "kmeans_s": t3 - t2}
+    return {"augment_s": t1 - t0, "encoder_s": (t2 - t1) - (t1 - t0), "kmeans_s": t3 - t2}
 
 
 def time_attack(bundle, trainer, mode, bf16, args, device):
