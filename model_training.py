@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from architectures import architecture_record, load_split_state
 from capture import StepCapture, capture_enabled, params_signature
 from datasets import BatchLoader
+from eval_fold import EvalFolder
 from utils import RunFailed, UserError, append_csv_row, torch_save_atomic, truncate_csv
 
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
@@ -104,6 +105,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # shapes are static under capture
         self.defenses.set_capture(captured)
         self.stepper = StepCapture(self._step, captured, log=log)
+        self._eval_encoder = EvalFolder()  # BatchNorm folded into the convs for the no-grad passes
         # Running sums of one epoch (loss, correct, CEM term, other defences' encoder terms); fixed
         # tensors so a graph can update them.
         self._sums = torch.zeros(4, device=device)
@@ -156,9 +158,10 @@ class Trainer:
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         n = 0
+        encoder = self._eval_encoder.prepare(self.model.encoder)
         for x, y in loader:
             with self._autocast():
-                z = self.model.encoder(self._prep(x))
+                z = encoder(self._prep(x))
                 out = self.model.server_forward(self.defenses.obfuscate(z, training=False))
             correct += (out.argmax(1) == y).sum()
             n += len(y)
@@ -171,10 +174,11 @@ class Trainer:
         self.model.eval()
         loader = self.aug_train_loader if augment else self.plain_train_loader
         loader.set_epoch(self.epoch)
+        encoder = self._eval_encoder.prepare(self.model.encoder)
         zs, ys = [], []
         for x, y in loader:
             with self._autocast():
-                zs.append(self.model.encoder(self._prep(x)).float().flatten(1))
+                zs.append(encoder(self._prep(x)).float().flatten(1))
             ys.append(y)
         return torch.cat(zs), torch.cat(ys)
 

@@ -31,9 +31,9 @@ def _pad_by_class(z: torch.Tensor, y: torch.Tensor, num_classes: int):
     return zp, mask, counts, order, pos
 
 
-def _sq_dists(zp: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """||z - mu||^2 for every (class, member, cluster): [C, Nmax, K]."""
-    zz = (zp * zp).sum(-1, keepdim=True)
+def _sq_dists(zp: torch.Tensor, mu: torch.Tensor, zz: torch.Tensor) -> torch.Tensor:
+    """||z - mu||^2 for every (class, member, cluster): [C, Nmax, K]; zz = ||z||^2 [C, Nmax, 1] is
+    passed in because it does not change across iterations and costs a full pass over zp."""
     mm = (mu * mu).sum(-1).unsqueeze(1)
     return (zz - 2.0 * torch.bmm(zp, mu.transpose(1, 2)) + mm).clamp_min_(0.0)
 
@@ -61,8 +61,8 @@ def _kmeanspp_init(zp, mask, counts, k, generator):
     return mu, valid
 
 
-def _assign(zp, mu, valid):
-    dist = _sq_dists(zp, mu).masked_fill_(~valid.unsqueeze(1), float("inf"))
+def _assign(zp, mu, valid, zz):
+    dist = _sq_dists(zp, mu, zz).masked_fill_(~valid.unsqueeze(1), float("inf"))
     return dist.argmin(-1)
 
 
@@ -97,6 +97,7 @@ def fit_class_kmeans(
     y = y.long()
     zp, mask, counts, _, _ = _pad_by_class(z, y, num_classes)
     d = zp.shape[-1]
+    zz = (zp * zp).sum(-1, keepdim=True)
     if init is None:
         mu, valid = _kmeanspp_init(zp, mask, counts, k, generator)
     else:
@@ -104,7 +105,7 @@ def fit_class_kmeans(
         valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
 
     prev = None
-    assign = _assign(zp, mu, valid)
+    assign = _assign(zp, mu, valid, zz)
     for _ in range(iters):
         if prev is not None and bool(((assign == prev) | ~mask).all()):
             break  # stable: mu are the means of `assign` and `assign` is nearest to mu
@@ -112,11 +113,11 @@ def fit_class_kmeans(
         valid = n_ck > 0
         mu = torch.where(valid.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
         prev = assign
-        assign = _assign(zp, mu, valid)
+        assign = _assign(zp, mu, valid, zz)
 
     onehot, n_ck, _ = _cluster_sums(zp, mask, assign, k)
     valid = n_ck > 0
-    d2 = _sq_dists(zp, mu)  # [C,Nmax,K]
+    d2 = _sq_dists(zp, mu, zz)  # [C,Nmax,K]
     variances = (onehot * d2).sum(1) / (n_ck.clamp_min(1) * d)
     weights = n_ck / counts.clamp_min(1).unsqueeze(1).to(n_ck.dtype)
     variances = torch.where(valid, variances, torch.zeros_like(variances))

@@ -184,6 +184,18 @@ def test_cem_refresh_sees_augmented_images_by_default(tmp_path):
     assert torch.equal(_refresh_inputs(off), plain), "--cem_refresh_aug 0 fits on un-augmented images"
 
 
+def test_feature_pass_and_evaluation_run_the_folded_encoder(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.train_epoch(0)  # BatchNorm statistics away from their initial values
+    z, _ = trainer.train_features()
+    assert trainer._eval_encoder.folded, "the eval passes should run BatchNorm folded into the convs"
+    with torch.no_grad():
+        want = torch.cat([trainer.model.encoder(x).flatten(1) for x, _ in trainer.plain_train_loader])
+    assert torch.allclose(z, want, atol=2e-5, rtol=1e-4)
+    trainer.evaluate(trainer.test_loader)
+    assert trainer._eval_encoder.folded
+
+
 def test_select_on_test_keeps_best_of_last_epochs_and_resumes_exactly(tmp_path, monkeypatch):
     assert model_training.best_resets(240) == [40, 100, 200]
     assert model_training.best_resets(12) == [2, 5, 10]
