@@ -219,6 +219,12 @@ validate() {
     [[ $x =~ ^[A-Za-z0-9_.+-]+$ ]] || die "'$x' is not an --AT_regularization value (check --defenses)"
   done
   command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
+  # Without this, a missing torch shows up as "CIFAR-10 could not be downloaded" and one failed run per config.
+  if [[ $DRY_RUN != 1 && ${CHECKED_PYTHON-} != "$PYTHON" ]]; then
+    "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1 ||
+      die "'$PYTHON' cannot import torch and torchvision: install the requirements into it (pip install -r requirements.txt) or pass --python /path/to/venv/bin/python"
+    CHECKED_PYTHON=$PYTHON
+  fi
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")" || die "cannot enter the repository folder"

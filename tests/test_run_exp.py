@@ -298,3 +298,14 @@ def test_signal_reaches_the_running_configuration(sig, code, tmp_path):
     assert len(list(folder.glob("*/config.json"))) == 1          # the second configuration never began
     assert "Summary: 0 done, 0 skipped (already finished), 0 failed, 1 interrupted" in out
     assert "interrupted: " + started.parent.name in out and sig in err
+
+
+def test_an_interpreter_without_torch_stops_before_any_run(tmp_path):
+    fake = tmp_path / "python"  # runs, but every import fails, like a venv the requirements never went into
+    fake.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    r = sh("--quick", "--python", str(fake), tmp=tmp_path)
+    assert r.returncode != 0
+    assert "cannot import torch" in r.stderr and "pip install -r requirements.txt" in r.stderr, r.stderr
+    assert "falling back" not in r.stderr + r.stdout  # not blamed on the data
+    assert not (tmp_path / "runs").exists()
