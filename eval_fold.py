@@ -59,7 +59,10 @@ def _relu_after_pool(gm: fx.GraphModule) -> None:
         relu = pool.args[0]
         if not isinstance(relu, fx.Node) or not _is_relu(gm, relu) or len(relu.users) != 1:
             continue
-        pool.replace_input_with(relu, relu.args[0])
+        src = relu.args[0]
+        if not isinstance(src, fx.Node) or len(src.users) != 1:  # an in-place ReLU would have changed it for them
+            continue
+        pool.replace_input_with(relu, src)
         gm.graph.erase_node(relu)
         with gm.graph.inserting_after(pool):
             new = gm.graph.call_function(torch.relu_, (pool,))  # the pool's output is fresh
