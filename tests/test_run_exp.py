@@ -281,8 +281,11 @@ def test_signal_reaches_the_running_configuration(sig, code, tmp_path):
     folder = tmp_path / "out"
     e = {k: v for k, v in os.environ.items() if k not in SWEEP_VARS}
     e.update(PYTHON=sys.executable, FAKE_SLOW="1", DATA_ROOT=str(tmp_path / "no_data"))
+    # A shell cannot trap a signal it was started with ignored, and pytest run in the background of a
+    # non-interactive shell (nohup ... &) hands SIGINT down ignored: start bash as a terminal would.
     p = subprocess.Popen(["bash", str(repo / "run_exp.sh"), "--sigmas", "0.01 0.1", "--lambdas", "0",
-                          "--folder", str(folder)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--folder", str(folder)], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while not list(folder.glob("*/started")) and time.time() < deadline:
