@@ -145,8 +145,6 @@ def normalize(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x01 - _stats(x01, mean)) / _stats(x01, std)
 
 
-
-
 def fmt_num(x: float) -> str:
     """Compact, filename-safe number: 0.05 -> '0.05', 16.0 -> '16'."""
     return f"{x:g}"
