@@ -83,7 +83,33 @@ def refresh_parts(trainer, device) -> dict:
     cem.refresh(z, y)
     sync(device)
     t3 = time.perf_counter()
-    return {"augment_s": t1 - t0, "encoder_s": (t2 - t1) - (t1 - t0), "kmeans_s": t3 - t2}
+    return {"augment_s": t1 - t0, "encoder_s": (t2 - t1) - (t1 - t0), "kmeans_s": t3 - t2,
+            "kmeans_iters": cem.kmeans_info.get("iters")}
+
+
+def profile_refresh(trainer, device, top: int) -> dict:
+    """One CEM refresh under torch.profiler. The question it answers is where the refresh's time goes
+    when its arithmetic cannot explain it: busy device time far below the wall time means launches or
+    host-device syncs bound it (count the syncs), busy time near the wall time means the kernels do."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    cem = trainer.defenses.find("cem")
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        z, y = trainer.train_features(augment=True)
+        cem.refresh(z, y)
+        sync(device)
+        wall = time.perf_counter() - t0
+    avgs = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(avgs, key=lambda a: getattr(a, key), reverse=True)[:top]
+    kernels = [e for e in prof.events() if cuda and e.device_type == torch.autograd.DeviceType.CUDA]
+    syncs = sum(a.count for a in avgs if "Synchronize" in a.key or a.key in ("aten::item", "aten::_local_scalar_dense"))
+    return {"wall_s": wall, "device_busy_s": sum(e.device_time for e in kernels) / 1e6 if cuda else None,
+            "kernels": len(kernels) if cuda else None, "syncs": syncs, "kmeans_iters": cem.kmeans_info.get("iters"),
+            "top": [{"op": a.key, "count": a.count, "self_s": getattr(a, key) / 1e6} for a in rows]}
 
 
 def time_attack(bundle, trainer, mode, bf16, args, device):
@@ -121,6 +147,8 @@ def main():
     p.add_argument("--attack_decoder", default="res_normN8C64")
     p.add_argument("--refresh_parts", action="store_true",
                    help="also time CEM's refresh in parts: augmentation, encoder pass, k-means")
+    p.add_argument("--profile_refresh", type=int, default=0, metavar="N",
+                   help="also profile one CEM refresh and print its N most expensive ops, busy vs. wall time")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--no_channels_last", dest="channels_last", action="store_false")
     p.add_argument("--no_compile", dest="compile", action="store_false", help="CEM loss in eager mode on CUDA")
@@ -189,9 +217,22 @@ def main():
         for s in settings:
             if s[2]:
                 parts = refresh_parts(trainers[s], device)
-                print(f"refresh {s[0]} {s[1]}: " + "  ".join(f"{k[:-2]} {v:.3f} s" for k, v in parts.items()),
-                      flush=True)
+                print(f"refresh {s[0]} {s[1]}: " + "  ".join(f"{k[:-2]} {v:.3f} s" for k, v in parts.items()
+                                                             if k.endswith("_s"))
+                      + f"  (k-means {parts['kmeans_iters']} iterations)", flush=True)
                 results["refresh_parts"].append({"mode": s[0], "precision": s[1], **parts})
+    if args.profile_refresh:
+        results["refresh_profile"] = []
+        for s in settings:
+            if s[2]:
+                prof = profile_refresh(trainers[s], device, args.profile_refresh)
+                busy = "" if prof["device_busy_s"] is None else \
+                    f", device busy {prof['device_busy_s']:.3f} s in {prof['kernels']} kernels"
+                print(f"refresh profile {s[0]} {s[1]}: wall {prof['wall_s']:.3f} s{busy}, {prof['syncs']} syncs/items, "
+                      f"k-means {prof['kmeans_iters']} iterations", flush=True)
+                for r in prof["top"]:
+                    print(f"  {r['self_s']:8.4f} s  {r['count']:6d}x  {r['op'][:90]}")
+                results["refresh_profile"].append({"mode": s[0], "precision": s[1], **prof})
     if args.attack_epochs:
         for m in modes:
             for q in precisions:

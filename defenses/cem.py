@@ -193,6 +193,7 @@ class CEM(Defense):
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
         self.refreshes = 0
+        self.kmeans_info: dict = {}  # the last fit's Lloyd iterations, for benchmarks and logs
         self._collapse_said = False
 
     def encoder_loss(self, z, x, y, lr):
@@ -232,7 +233,7 @@ class CEM(Defense):
         gen = torch.Generator().manual_seed(self.seed + self.refreshes)
         init = None if self.state is None else self.state["centroids"]
         mu, var, w, valid = fit_class_kmeans(z, y, self.num_classes, self.k, init=init,
-                                             iters=self.kmeans_iters, generator=gen)
+                                             iters=self.kmeans_iters, generator=gen, info=self.kmeans_info)
         self.state = {"centroids": mu, "variances": var, "weights": w, "valid": valid}
         self._prepare()
         self.refreshes += 1

@@ -82,12 +82,15 @@ def fit_class_kmeans(
     init: Optional[torch.Tensor] = None,
     iters: int = 50,
     generator: Optional[torch.Generator] = None,
+    info: Optional[dict] = None,
 ):
     """K clusters per class, all classes at once in batched tensor ops on `z.device`.
 
     Args:
         z: [N, D] features (flattened), y: [N] labels in [0, num_classes).
         init: optional [C, K, D] centroids to warm start from; k-means++ seeding otherwise.
+        info: optional dict that receives "iters", the Lloyd updates run (== `iters` when the
+            assignments never settled: a sign the cap, not convergence, ended the fit).
     Returns:
         centroids [C,K,D], variances [C,K] (mean over members and dims of (z - mu)^2),
         weights [C,K] (n_ck / n_c), valid [C,K] (cluster has members). Arrays stay aligned with
@@ -106,9 +109,11 @@ def fit_class_kmeans(
 
     prev = None
     assign = _assign(zp, mu, valid, zz)
+    done = 0
     for _ in range(iters):
         if prev is not None and bool(((assign == prev) | ~mask).all()):
             break  # stable: mu are the means of `assign` and `assign` is nearest to mu
+        done += 1
         _, n_ck, sums = _cluster_sums(zp, mask, assign, k)
         valid = n_ck > 0
         mu = torch.where(valid.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
@@ -121,6 +126,8 @@ def fit_class_kmeans(
     variances = (onehot * d2).sum(1) / (n_ck.clamp_min(1) * d)
     weights = n_ck / counts.clamp_min(1).unsqueeze(1).to(n_ck.dtype)
     variances = torch.where(valid, variances, torch.zeros_like(variances))
+    if info is not None:
+        info["iters"] = done
     return mu, variances, weights, valid
 
 

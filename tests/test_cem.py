@@ -131,6 +131,18 @@ def test_kmeans_fixed_point_and_aligned_arrays():
     _check_fixed_point(z + 0.1, y, mu2, var2, w2, valid2, C, K)
 
 
+def test_kmeans_reports_how_many_updates_it_ran():
+    g = torch.Generator().manual_seed(4)
+    z, y = torch.randn(600, 8, generator=g), torch.arange(600) % 3
+    info = {}
+    mu, *_ = fit_class_kmeans(z, y, 3, 5, generator=torch.Generator().manual_seed(0), info=info)
+    assert 1 < info["iters"] < 50  # unstructured data: several updates, then stable
+    fit_class_kmeans(z, y, 3, 5, init=mu, info=info)
+    assert info["iters"] == 1  # warm start at a fixed point: one update that changes nothing
+    fit_class_kmeans(z, y, 3, 5, generator=torch.Generator().manual_seed(0), iters=2, info=info)
+    assert info["iters"] == 2  # the cap, not convergence, ended it
+
+
 def test_kmeans_duplicate_points_mark_clusters_invalid():
     z = torch.ones(10, 3)
     y = torch.zeros(10, dtype=torch.long)
