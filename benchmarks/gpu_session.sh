@@ -32,13 +32,13 @@ tail -1 "$OUT/env.txt" | tee -a "$OUT/summary.txt"
 
 if [[ $SMOKE == 1 ]]; then
   DEVICE=cpu DATA=${DATA:-../shared/data}
-  BENCH=(--device cpu --modes eager --precisions fp32 --limit_train 256 --epochs 1 --attack_epochs 1 --refresh_parts --profile_refresh 8
+  BENCH=(--device cpu --modes eager --precisions fp32 --limit_train 256 --epochs 1 --attack_epochs 1 --refresh_parts --refresh_batches 100,0 --profile_refresh 8
          --attack_decoder res_normN1C16)
   BENCH_BF16=()
   PAPER_EXTRA="--limit_train 256 --limit_test 100 --gan_AE_type res_normN1C16"
 else
   DEVICE=cuda DATA=${DATA:-.gpu_data/cifar10_full}
-  BENCH=(--device cuda --modes eager,captured --precisions fp32 --epochs 3 --attack_epochs 2 --refresh_parts --profile_refresh 15)
+  BENCH=(--device cuda --modes eager,captured --precisions fp32 --epochs 3 --attack_epochs 2 --refresh_parts --refresh_batches 512,0 --profile_refresh 15)
   BENCH_BF16=(--device cuda --modes captured --precisions bf16 --epochs 2 --attack_epochs 2)
   PAPER_EXTRA=""
 fi

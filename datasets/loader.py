@@ -22,7 +22,8 @@ class BatchLoader:
 
     def __init__(self, split: TensorSplit, batch_size: int, mean: Sequence[float], std: Sequence[float],
                  device, shuffle: bool = False, augment: bool = False, dataset: Optional[str] = None,
-                 seed: int = 0, drop_last: bool = False, stream: str = "batches"):
+                 seed: int = 0, drop_last: bool = False, stream: str = "batches",
+                 draw_block: Optional[int] = None):
         if int(batch_size) < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         self.split = split
@@ -31,6 +32,9 @@ class BatchLoader:
         self.shuffle, self.augment, self.drop_last = bool(shuffle), bool(augment), bool(drop_last)
         self.seed = int(seed)
         self.stream = stream  # names the random stream, so two loaders with one seed draw independently
+        # Augmentation parameters are drawn for a whole number of blocks of this many images; a fixed
+        # block (rather than the batch) lets a pass change its batch size without changing its draws.
+        self.draw_block = int(draw_block or batch_size)
         self.epoch = 0
         self.policy = policy_for(dataset)
         self.x, self.y = split.on_device(self.device)
@@ -52,7 +56,9 @@ class BatchLoader:
             if self.shuffle:
                 order = pinned_to(torch.randperm(n, generator=gen), self.device)
             if self.augment:
-                thetas = pinned_to(sample_thetas(nb * bs, self.split.x.shape[-1], self.policy, gen), self.device)
+                used = nb * bs if self.drop_last else n
+                drawn = -(-used // self.draw_block) * self.draw_block  # nb * bs when the block is the batch
+                thetas = pinned_to(sample_thetas(drawn, self.split.x.shape[-1], self.policy, gen), self.device)
         for b in range(nb):
             s, e = b * bs, min((b + 1) * bs, n)
             if order is None:

@@ -276,6 +276,17 @@ def test_loader_shuffle_augment_repeatable(small_split):
     assert not torch.equal(torch.cat([p[1] for p in _epoch(other_seed, 1)]), y_plain)
 
 
+def test_loader_draw_block_keeps_augmentations_whatever_the_batch(small_split):
+    mk = lambda bs, block: BatchLoader(small_split, bs, MEAN, STD, "cpu", augment=True, seed=5, stream="s",
+                                       draw_block=block)
+    ref = torch.cat([x for x, _ in _epoch(mk(8, None), 1)])  # blocks of the batch: the old behaviour
+    for bs in (3, 8, 16, 64):
+        got = [x for x, _ in _epoch(mk(bs, 8), 1)]
+        assert len(got) == -(-37 // bs) and torch.equal(torch.cat(got), ref), f"batch {bs}"
+    # without a fixed block, another batch size draws other augmentations
+    assert not torch.equal(torch.cat([x for x, _ in _epoch(mk(16, None), 1)]), ref)
+
+
 def test_augment_geometry_exact():
     x = torch.rand(2, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)

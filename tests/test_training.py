@@ -237,3 +237,21 @@ def test_cem_column_holds_cem_alone_beside_another_encoder_term(tmp_path, monkey
     cem = float(rows[1]["cem_loss"])  # epoch 2: CEM is on
     assert 0 < cem < 20, rows[1]  # 1000/16 and more if NoPeek's term were counted in
     assert "encoder_loss_other 1000" in (run_dir / "log.txt").read_text()
+
+
+def test_no_grad_passes_use_larger_batches_only_on_cuda():
+    nb = model_training.no_grad_batch_size
+    assert nb(torch.device("cpu"), 32) == 512 and nb("mps", 32) == 512  # the CPU path is unchanged
+    assert nb(torch.device("cuda"), 32) == 2048 and nb("cuda:1", 64) == 512  # same pixels per batch
+    assert nb("cuda", 16) == 8192 and nb("cuda", 224) == 512
+
+
+def test_refresh_features_do_not_depend_on_the_no_grad_batch(tmp_path, monkeypatch):
+    first = _trainer(tmp_path)
+    ref, _ = first.train_features(augment=True)
+    monkeypatch.setattr(model_training, "no_grad_batch_size", lambda device, size: 50)
+    other = _trainer(tmp_path)
+    other.model.load_state_dict(first.model.state_dict())
+    assert other.aug_train_loader.batch_size == 50 != first.aug_train_loader.batch_size
+    z, _ = other.train_features(augment=True)
+    assert torch.allclose(z, ref, atol=2e-5, rtol=1e-4), "same images, same augmentations, any batch"
