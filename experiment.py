@@ -135,7 +135,8 @@ def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, re
                              seed=int(cfg["random_seed"]), bf16=bool(cfg.get("bf16")),
                              milestones=str(cfg.get("milestones", "paper")),
                              channels_last=bool(cfg.get("channels_last")),
-                             capture=str(cfg.get("capture", "auto")), select_on=cfg["select_on"])
+                             capture=str(cfg.get("capture", "auto")), select_on=cfg["select_on"],
+                             checkpoint_seconds=cfg.get("checkpoint_seconds"))
     trainer = Trainer(model, bundle, defenses, device, run.dir, settings, progress=progress, log=run.log)
     if resuming:
         trainer.resume()
@@ -223,6 +224,6 @@ def main_guard(fn: Callable[[], int]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: finished epochs are saved; rerun the same command with --resume to continue",
-              file=sys.stderr)
+        print("interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "
+              "--checkpoint_seconds); rerun the same command with --resume to continue", file=sys.stderr)
         return 130

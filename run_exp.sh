@@ -28,7 +28,7 @@ results.csv / results.md / tradeoff.png with tools.report. Run folders are named
 their identity (run_identity.py: every setting that changes results, --extra flags included): a
 configuration already finished with the same identity is skipped, a killed one is resumed, a trained
 one missing attack results gets them with --attack_only; a changed setting is a new configuration.
-SIGTERM or Ctrl-C stops the running configuration resumably (it saves its finished epochs), prints
+SIGTERM or Ctrl-C stops the running configuration resumably (from its last checkpoint), prints
 the summary of done / failed / interrupted configurations and exits 143 (130 for Ctrl-C); rerun the
 same command to continue. Relative paths are relative to the repository root (the script runs from there).
 

@@ -37,6 +37,8 @@ NOT_RESULT_KEYS = frozenset({
     "force", "resume", "attack_only",
     # where and how fast the same maths runs (float rounding aside); bf16 is NOT here: it changes precision
     "device", "compile", "channels_last", "capture",
+    # how often a run saves itself: resume is exact, so never a result
+    "checkpoint_seconds",
     # which results exist, not their values: a finished run missing some is completed with --attack_only
     "attack_modes", "attacks", "no_attack",
 })

@@ -19,6 +19,7 @@ RANGES = {
     "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True), "num_classes": (2, True),
     "gan_pretrain_epochs": (0, True), "gan_epochs": (1, True), "n_critic": (1, True), "mse_weight": (0, True),
     "lr_D": (0, False), "lr_G": (0, False), "gan_batch_size": (1, True), "checkpoint_every": (1, True),
+    "checkpoint_seconds": (0, True),
     "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
 }
 ATTACK_MODES = ("train_time", "infer_time")

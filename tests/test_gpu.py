@@ -73,6 +73,7 @@ def test_no_host_device_sync_in_the_training_step(tmp_path):
     d = build_defenses({"regularization": "Gaussian_kl", "regularization_strength": 0.05, "lambd": 16,
                         "var_threshold": 0.125, "arch": "vgg11_bn_sgm"}, b.num_classes, len(b.train))
     tr = Trainer(model, b, d, torch.device("cuda"), tmp_path, TrainSettings(num_epochs=4), progress=False)
+    assert tr.checkpoint_seconds == 30 and tr.aug_train_loader.batch_size == 2048  # CUDA's defaults
     tr.train_epoch(0)
     d.on_epoch_end(tr)
 

@@ -255,3 +255,49 @@ def test_refresh_features_do_not_depend_on_the_no_grad_batch(tmp_path, monkeypat
     assert other.aug_train_loader.batch_size == 50 != first.aug_train_loader.batch_size
     z, _ = other.train_features(augment=True)
     assert torch.allclose(z, ref, atol=2e-5, rtol=1e-4), "same images, same augmentations, any batch"
+
+
+def test_checkpoints_every_n_seconds_stay_consistent_and_resume_exactly(tmp_path, monkeypatch):
+    full = run_experiment(cfg_for(tmp_path, filename="full", num_epochs=4), progress=False)  # every epoch (CPU)
+    clock, writes = {"t": 0.0}, []
+    monkeypatch.setattr(model_training.time, "perf_counter", lambda: clock["t"])
+    real_save, original = model_training.torch_save_atomic, model_training.Trainer.train_epoch
+
+    def save(obj, path):
+        writes.append((path.name, obj["epoch"]))
+        real_save(obj, path)
+
+    def epoch_of_20s(self, epoch, kill_at=None):
+        clock["t"] += 20.0
+        if epoch == kill_at:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(model_training, "torch_save_atomic", save)
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", lambda s, e: epoch_of_20s(s, e, kill_at=3))
+    cfg = cfg_for(tmp_path, filename="sparse", num_epochs=4, checkpoint_seconds=30)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, progress=False)
+    # epochs end at 20, 40, 60 s: only epoch 2 is 30 s past the start; epoch 3 only 20 s past that save
+    assert [e for n, e in writes if n == "last.pt"] == [2]
+    assert all(n == "last.pt" or writes[i + 1][0] == "last.pt" for i, (n, _) in enumerate(writes)), \
+        "best.pt is written only together with last.pt, so both describe the same moment"
+    run_dir = tmp_path / "runs" / "sparse"
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    assert best["epoch"] == last["best"]["epoch"] <= 2
+    monkeypatch.setattr(model_training.Trainer, "train_epoch", epoch_of_20s)
+    done = run_experiment({**cfg, "resume": True}, progress=False)
+    assert done["status"] == "finished" and [e for n, e in writes if n == "last.pt"] == [2, 4]  # 3: 20 s after 2
+    for name in ("last.pt", "best.pt"):
+        a, b = _weights(tmp_path / "runs" / "full" / "checkpoints" / name), _weights(run_dir / "checkpoints" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert done["train"]["test_acc"] == full["train"]["test_acc"]
+    with open(run_dir / "train_log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3", "4"]  # epoch 3's first row was dropped
+
+
+def test_checkpoint_seconds_default_depends_on_the_device(tmp_path):
+    assert _trainer(tmp_path).checkpoint_seconds == 0  # CPU: every epoch
+    with pytest.raises(Exception, match="checkpoint_seconds"):
+        run_experiment(cfg_for(tmp_path, checkpoint_seconds=-1.0), progress=False)

@@ -3,7 +3,7 @@ submitit (optional dependency; `pip install -r requirements-dev.txt` or `pip ins
 
 Each run folder's jobs are one array; submitit's own logs go to <run folder>/slurm/, each job's output to
 its usual <run folder>/<name>.log. The client waits and prints a line per finished job; SIGINT/SIGTERM
-cancel the jobs still queued or running (Slurm sends them SIGTERM; every finished epoch is saved).
+cancel the jobs still queued or running (Slurm sends them SIGTERM; each resumes from its last checkpoint).
 Re-submitting the same sweep submits only what is not finished (run_exp.sh skips finished runs and
 resumes killed ones). --submitit_cluster local|debug runs the same path on this machine through
 submitit's test executors, no cluster needed.
