@@ -131,7 +131,7 @@ class Trainer:
         if every is not None and not (math.isfinite(every) and every >= 0):
             raise UserError(f"--checkpoint_seconds must be a number of seconds >= 0, got {every}")
         self.checkpoint_seconds = (30.0 if device.type == "cuda" else 0.0) if every is None else float(every)
-        self._saved_at = time.perf_counter()
+        self._saved_at, self._saved_epoch = time.perf_counter(), 0
         self._best_pending = None  # the best epoch's weights, kept until the next checkpoint writes them
 
     # ------------------------------------------------------------------ helpers
@@ -291,7 +291,7 @@ class Trainer:
             torch_save_atomic(self._best_pending, self.ckpt_dir / "best.pt")
             self._best_pending = None
         self.save()
-        self._saved_at = time.perf_counter()
+        self._saved_at, self._saved_epoch = time.perf_counter(), self.epoch
 
     def resume(self) -> bool:
         """Loads checkpoints/last.pt if present; returns whether it did."""
@@ -314,6 +314,7 @@ class Trainer:
         if "cuda" in ck["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in ck["rng"]["cuda"]])
         self.epoch, self.best, self.elapsed = ck["epoch"], ck["best"], ck["elapsed"]
+        self._saved_epoch = self.epoch
         truncate_csv(self.run_dir / "train_log.csv", self.epoch)
         return True
 
@@ -336,8 +337,9 @@ class Trainer:
             stats = self.train_epoch(epoch)
             bad = [k for k in ("train_loss", "cem_term", "other_defense_term") if not math.isfinite(stats[k])]
             if bad:  # checked once per epoch (the sums are already on the host): no per-batch sync
+                kept = f"epoch {self._saved_epoch}" if self._saved_epoch else "none written yet"
                 raise RunFailed(f"the training loss became non-finite ({bad[0]} = {stats[bad[0]]}) in epoch "
-                                f"{epoch + 1}; the last good checkpoint (epoch {self.epoch}) is kept; lower "
+                                f"{epoch + 1}; the last good checkpoint ({kept}) is kept; lower "
                                 "--learning_rate or --lambd, or check the data")
             val_acc = self.evaluate(self.select_loader)
             extra = self.defenses.on_epoch_end(self)

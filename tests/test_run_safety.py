@@ -71,13 +71,16 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(capsys
     monkeypatch.setattr(model_training.Trainer, "train_epoch", diverging)
     code, _, err = run_main(capsys, tmp_path, "--num_epochs", "2")
     line = one_error_line(err)
-    assert code == 1 and "non-finite" in line and "epoch 2" in line
+    assert code == 1 and "non-finite" in line and "epoch 2" in line and "checkpoint (epoch 1)" in line
     run = tmp_path / "runs" / "r"
     m = strict_json(run / "metrics.json")
     assert m["status"] == "failed" and "epoch 2" in m["error"]
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     with open(run / "train_log.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+    # Checkpoints far apart (as on CUDA): the message names the checkpoint that exists, not the last epoch.
+    code, _, err = run_main(capsys, tmp_path, "--num_epochs", "2", "--checkpoint_seconds", "1e9", "--force")
+    assert code == 1 and "checkpoint (none written yet)" in one_error_line(err)
 
 
 def test_metrics_json_is_always_strict_json(tmp_path):
