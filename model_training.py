@@ -272,15 +272,9 @@ class Trainer:
               "elapsed": self.elapsed}
         torch_save_atomic(ck, self.ckpt_dir / "last.pt")
 
-    def save_best(self):
-        torch_save_atomic({"epoch": self.epoch, "model": self.model.state_dict(),
-                           "architecture": architecture_record(self.model)}, self.ckpt_dir / "best.pt")
-
     def _remember_best(self) -> None:
-        if self.checkpoint_seconds == 0:
-            self.save_best()
-            return
-        # A copy on the device (~40 MB for vgg11): cheaper than writing it every time it improves.
+        # A copy on the device (~40 MB for vgg11), written to best.pt by the next checkpoint: cheaper than
+        # writing it every time it improves when checkpoints are seconds apart (CUDA).
         self._best_pending = {"epoch": self.epoch, "architecture": architecture_record(self.model),
                               "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
 

@@ -193,7 +193,7 @@ class CEM(Defense):
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
         self.refreshes = 0
-        self.kmeans_info: dict = {}  # the last fit's Lloyd iterations, for benchmarks and logs
+        self.kmeans_info: dict = {}  # the last fit's Lloyd updates (bench_train.py reports them)
         self._collapse_said = False
 
     def encoder_loss(self, z, x, y, lr):
