@@ -1,5 +1,6 @@
 """Error types shared by every entry point. Standard library only, so the sweep's planner and the
 report can use them without importing torch."""
+import os
 
 
 class UserError(Exception):
@@ -15,3 +16,18 @@ class RunFailed(Exception):
 
     Its status is recorded as `failed` in metrics.json; entry points print one line and exit with status 1.
     """
+
+
+class OutOfSpace(Exception):
+    """The disk filled while a result or checkpoint was written.
+
+    Files are replaced atomically, so everything saved before is intact: the run resumes from its last
+    checkpoint once space is freed. Entry points print one line and exit with status 1.
+    """
+
+    @classmethod
+    def at(cls, path=None) -> "OutOfSpace":
+        path = path and os.path.abspath(path)
+        where = f" holding {os.path.dirname(path)} while writing {os.path.basename(path)}" if path else ""
+        return cls(f"no space left on the device{where}; nothing saved earlier was overwritten: free space, "
+                   "then rerun the same command (add --resume to continue training)")

@@ -13,7 +13,7 @@ import torch
 
 from run_folder import Run
 from run_identity import attack_keys, default_filename, identity, select_results
-from utils import RunFailed, UserError, resolve_device, seed_everything, write_json
+from utils import OutOfSpace, RunFailed, UserError, disk_full, resolve_device, seed_everything, write_json
 from validation import check_attack_data, validate
 
 
@@ -120,9 +120,14 @@ class _recording:
         elif kind is RunFailed:
             self.metrics.update(status="failed", error=str(err))
             self.run.log(f"failed: {err}")
+        elif kind is OutOfSpace:
+            self.metrics.update(status="interrupted", error=str(err))
         else:
             return False
-        write_json(self.run.metrics_path, self.metrics)
+        try:
+            write_json(self.run.metrics_path, self.metrics)
+        except OutOfSpace:
+            pass  # the original error says what happened; metrics.json keeps its previous state
         return False
 
 
@@ -220,8 +225,13 @@ def main_guard(fn: Callable[[], int]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RunFailed as e:
+    except (RunFailed, OutOfSpace) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk under a log or CSV append, which are not written atomically
+        if not disk_full(e):
+            raise
+        print(f"error: {OutOfSpace.at(e.filename)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from errors import RunFailed, UserError  # noqa: F401  (re-exported: `from utils import UserError`)
+from errors import OutOfSpace, RunFailed, UserError  # noqa: F401  (re-exported: `from utils import UserError`)
 
 
 def seed_everything(seed: int) -> None:
@@ -62,10 +63,24 @@ def _atomic_replace(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if disk_full(err):
+            raise OutOfSpace.at(path) from err
         raise
+
+
+def disk_full(err: BaseException) -> bool:
+    """True if `err` or an exception it wraps is ENOSPC/EDQUOT; torch.save reports a failed write as a
+    RuntimeError whose context is the OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def write_json(path: str | Path, obj: Any) -> None:

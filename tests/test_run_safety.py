@@ -150,6 +150,65 @@ def test_kill_during_first_checkpoint_leaves_log_and_checkpoint_consistent(capsy
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
 
 
+def test_full_disk_gives_one_line_keeps_the_last_checkpoint_and_resumes(capsys, tmp_path, monkeypatch):
+    import errno
+    import io
+
+    import utils
+
+    class FillsUp(io.RawIOBase):  # the device runs out of space part-way through the file
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+        def fileno(self):
+            return self.f.fileno()
+
+    original = model_training.torch_save_atomic
+
+    def full_at_epoch_2(obj, path):
+        if Path(path).name == "last.pt" and obj["epoch"] == 2:
+            return utils._atomic_replace(Path(path), lambda f: torch.save(obj, FillsUp(f)))
+        return original(obj, path)
+
+    monkeypatch.setattr(model_training, "torch_save_atomic", full_at_epoch_2)
+    code, _, err = run_main(capsys, tmp_path, "--num_epochs", "3")
+    line = one_error_line(err)
+    assert code == 1 and "no space left" in line and "last.pt" in line and "--resume" in line
+    run = tmp_path / "runs" / "r"
+    assert not list(run.rglob("*.tmp"))  # the half-written file is gone, freeing its space
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    m = strict_json(run / "metrics.json")
+    assert m["status"] == "interrupted" and "no space left" in m["error"]
+    monkeypatch.setattr(model_training, "torch_save_atomic", original)
+    code, _, _ = run_main(capsys, tmp_path, "--num_epochs", "3", "--resume")
+    assert code == 0 and strict_json(run / "metrics.json")["status"] == "finished"
+    with open(run / "train_log.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_full_disk_under_a_log_append_gives_one_line(capsys, tmp_path, monkeypatch):
+    import errno
+
+    def full(path, row):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model_training, "append_csv_row", full)
+    code, _, err = run_main(capsys, tmp_path)
+    assert code == 1 and "no space left on the device;" in one_error_line(err)
+
+
 def test_sigterm_stops_a_run_resumably(tmp_path):
     argv = [sys.executable, str(REPO / "main_MIA.py"), "--dataset", "digits", "--data_root", str(tmp_path),
             "--folder", str(tmp_path / "runs"), "--filename", "r", *TINY, "--num_epochs", "400"]
