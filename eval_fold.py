@@ -4,9 +4,9 @@ before it, and each ReLU that only feeds a max-pool moved after the pool.
 Both rewrites are exact up to float rounding (max commutes with the monotone ReLU), and they cut the
 memory traffic of a conv block roughly in half: the eval passes of training (CEM's refresh over the
 whole training set every epoch, validation) are memory-bound on the CPU, where the folded VGG encoder
-runs ~25% faster (on a GPU per-batch overhead looks like their bound: see no_grad_batch_size). The folded weights are recomputed from the live module on every `prepare`,
-so a pass never sees stale weights or BatchNorm statistics; a module fx cannot trace, or one with
-forward hooks, runs as is.
+runs ~25% faster (on a GPU per-batch overhead looks like their bound: see no_grad_batch_size). The
+folded weights are recomputed from the live module on every `prepare`, so a pass never sees stale
+weights or BatchNorm statistics; a module fx cannot trace, or one with forward hooks, runs as is.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Issue 11: validation up front, non-finite values, locking, crash consistency, one-line errors, permissions."""
 import csv
+import errno
+import io
 import json
 import os
 import signal
@@ -14,6 +16,7 @@ import torch
 
 import main_MIA
 import model_training
+import utils
 from utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,11 +154,6 @@ def test_kill_during_first_checkpoint_leaves_log_and_checkpoint_consistent(capsy
 
 
 def test_full_disk_gives_one_line_keeps_the_last_checkpoint_and_resumes(capsys, tmp_path, monkeypatch):
-    import errno
-    import io
-
-    import utils
-
     class FillsUp(io.RawIOBase):  # the device runs out of space part-way through the file
         def __init__(self, f):
             self.f, self.n = f, 0
@@ -199,8 +197,6 @@ def test_full_disk_gives_one_line_keeps_the_last_checkpoint_and_resumes(capsys, 
 
 
 def test_full_disk_under_a_log_append_gives_one_line(capsys, tmp_path, monkeypatch):
-    import errno
-
     def full(path, row):
         raise OSError(errno.ENOSPC, "No space left on device")
 
