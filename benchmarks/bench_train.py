@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from architectures import build_split_model  # noqa: E402
-from datasets import BatchLoader, TensorSplit, load_dataset  # noqa: E402
+from datasets import TensorSplit, load_dataset  # noqa: E402
 from defenses import build_defenses  # noqa: E402
 from model_training import Trainer, TrainSettings  # noqa: E402
 from utils import UserError, resolve_device, seed_everything  # noqa: E402
@@ -71,15 +71,13 @@ def refresh_parts(trainer, device, batch: int = 0) -> dict:
     pass (the trainer's feature pass minus that), and the k-means fit with the loss constants.
     `batch` replaces the trainer's no-grad batch size for this measurement (same augmentations)."""
     cem = trainer.defenses.find("cem")
-    if batch:
-        old = trainer.aug_train_loader
-        trainer.aug_train_loader = BatchLoader(old.split, batch, trainer.bundle.mean, trainer.bundle.std, device,
-                                               augment=True, dataset=trainer.bundle.name, seed=old.seed,
-                                               stream=old.stream, draw_block=old.draw_block)
+    if batch:  # the loader reads its batch size per pass and draws in fixed blocks: same augmentations
+        loader, old = trainer.aug_train_loader, trainer.aug_train_loader.batch_size
+        loader.batch_size = batch
         try:
             return refresh_parts(trainer, device)
         finally:
-            trainer.aug_train_loader = old
+            loader.batch_size = old
     trainer.aug_train_loader.set_epoch(trainer.epoch)
     sync(device)
     t0 = time.perf_counter()
