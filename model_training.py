@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from accel.capture import StepCapture, capture_enabled, params_signature
+from accel.eval_fold import EvalFolder
 from architectures import architecture_record, load_split_state
-from capture import StepCapture, capture_enabled, params_signature
 from datasets import BatchLoader
-from eval_fold import EvalFolder
 from utils import RunFailed, UserError, append_csv_row, torch_save_atomic, truncate_csv
 
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
@@ -37,7 +37,7 @@ class TrainSettings:
     milestones: str = "paper"
     bf16: bool = False
     channels_last: bool = True  # faster convs on CPU (mkldnn) and CUDA alike
-    capture: str = "auto"  # whole-step CUDA graphs: auto = on for CUDA, off on CPU/MPS (capture.py)
+    capture: str = "auto"  # whole-step CUDA graphs: auto = on for CUDA, off on CPU/MPS (accel/capture.py)
     # Seconds of training between checkpoints (last.pt, best.pt); the last epoch is always written.
     # None: every epoch on CPU/MPS, 30 s on CUDA, where an epoch takes about a second and writing the
     # checkpoints (~120 MB for vgg11 with its optimizer, synced to disk) a tenth of that.

@@ -25,7 +25,7 @@ Usage: bash run_exp.sh [options]
 
 Trains and attacks every configuration of datasets × cut layers × σ × λ with main_MIA.py, then writes
 results.csv / results.md / tradeoff.png with tools.report. Run folders are named and recognised by
-their identity (run_identity.py: every setting that changes results, --extra flags included): a
+their identity (lifecycle/identity.py: every setting that changes results, --extra flags included): a
 configuration already finished with the same identity is skipped, a killed one is resumed, a trained
 one missing attack results gets them with --attack_only; a changed setting is a new configuration.
 SIGTERM or Ctrl-C stops the running configuration resumably (from its last checkpoint), prints
@@ -250,7 +250,9 @@ elif [[ $QUICK == 1 ]]; then
   else
     note "checking for CIFAR-10 under $DATA_ROOT (downloads it, about 170 MB, when missing and online) ..."
     check_out=$("$PYTHON" -m datasets check cifar10 --data_root "$DATA_ROOT" 2>&1); cifar_ok=$?
-    [[ -z $check_out ]] || note "  ${check_out##*$'\n'}"
+    # The check's own last line; its "error:" prefix dropped, since the quick run goes on without CIFAR-10.
+    check_msg=${check_out##*$'\n'}
+    [[ -z $check_out ]] || note "  ${check_msg#error: }"
   fi
   if [[ $DRY_RUN == 1 ]]; then :
   elif [[ $cifar_ok == 0 ]]; then DATASETS=cifar10
@@ -290,9 +292,9 @@ for ds in $DATASETS; do
               --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
               --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
         [[ ${def,,} == none ]] || args+=(--AT_regularization "$def" --AT_regularization_strength "$st")
-        # The run's name and state come from the run identity (run_identity.py): every setting that
+        # The run's name and state come from the run identity (lifecycle/identity.py): every setting that
         # changes results, --extra flags included, so a changed setting is a new configuration.
-        plan=$("$PYTHON" -m run_identity ${TAG:+--suffix "$TAG"} "${args[@]}" 2>&1) ||
+        plan=$("$PYTHON" -m lifecycle.plan ${TAG:+--suffix "$TAG"} "${args[@]}" 2>&1) ||
           die "cannot plan $(quote main_MIA.py "${args[@]}"): ${plan##*$'\n'}"
         plan=${plan##*$'\n'}
         state=${plan%% *} fn=${plan#* }

@@ -20,7 +20,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attack_runner import add_gan_flags
+    from attacks.flags import add_gan_flags
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by main_MIA.py")
@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from attack_runner import attack_run
-    from experiment import main_guard
+    from lifecycle.attack_runner import attack_run
+    from lifecycle.experiment import main_guard
     from utils import UserError
 
     parser = build_parser()
@@ -68,7 +68,7 @@ def _sweep(parser, args, settings) -> int:
     """Every finished run below --sweep not attacked yet becomes one job of run_exp.sh's executors."""
     from pathlib import Path
 
-    from attack_runner import sweep
+    from lifecycle.attack_runner import sweep
     from tools import sweep as executors
     from utils import UserError
 

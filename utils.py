@@ -1,4 +1,9 @@
-"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, image scaling."""
+"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, image scaling.
+
+torch and numpy are imported where they are used, not here: the sweep's planner and the run lifecycle's
+flag, identity and run-folder modules import this module once per configuration and must not pay
+seconds for importing torch.
+"""
 from __future__ import annotations
 
 import csv
@@ -9,21 +14,54 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from errors import OutOfSpace, RunFailed, UserError  # noqa: F401  (re-exported: `from utils import UserError`)
+
+class UserError(Exception):
+    """A problem with the user's flags, paths or files.
+
+    Entry points print its message as one line and exit with status 2, never a traceback.
+    The message should name the problem and the fix.
+    """
+
+
+class RunFailed(Exception):
+    """The run started correctly but could not produce valid results (e.g. the loss became non-finite).
+
+    Its status is recorded as `failed` in metrics.json; entry points print one line and exit with status 1.
+    """
+
+
+class OutOfSpace(Exception):
+    """The disk filled while a result or checkpoint was written.
+
+    Files are replaced atomically, so everything saved before is intact: the run resumes from its last
+    checkpoint once space is freed. Entry points print one line and exit with status 1.
+    """
+
+    @classmethod
+    def at(cls, path=None) -> "OutOfSpace":
+        path = path and os.path.abspath(path)
+        where = f" holding {os.path.dirname(path)} while writing {os.path.basename(path)}" if path else ""
+        return cls(f"no space left on the device{where}; nothing saved earlier was overwritten: free space, "
+                   "then rerun the same command (add --resume to continue training)")
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -109,6 +147,9 @@ def _finite_only(o, where: str, bad: dict):
 
 
 def _json_default(o):
+    import numpy as np
+    import torch
+
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     if isinstance(o, torch.Tensor) and o.numel() == 1:
@@ -124,6 +165,8 @@ def read_json(path: str | Path) -> Any:
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    import torch
+
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -152,6 +195,8 @@ def truncate_csv(path: str | Path, keep: int) -> None:
 
 
 def _stats(t: torch.Tensor, stat: Sequence[float]) -> torch.Tensor:
+    import torch
+
     return torch.as_tensor(stat, dtype=t.dtype, device=t.device).view(1, -1, 1, 1)
 
 

@@ -3,8 +3,8 @@
 `architectures.decoders` (attack decoders) is a separate module and deliberately not imported here.
 """
 from .bottleneck import BottleneckSpec, parse_bottleneck
-from .split import ARCHITECTURES, SplitModel, build_split_model, max_cutlayer
 from .restore import architecture_record, channel_counts, load_split_state
+from .split import ARCHITECTURES, SplitModel, build_split_model, max_cutlayer
 
 __all__ = ["ARCHITECTURES", "SplitModel", "build_split_model", "max_cutlayer",
            "BottleneckSpec", "parse_bottleneck", "architecture_record", "channel_counts",

@@ -3,7 +3,7 @@
 A checkpoint never pickles a module: it holds the state_dict plus `architecture_record(model)`,
 the extra-layer flag and the shape of every tensor that differs from the freshly built model.
 `load_split_state` reshapes a built model to that record and loads the weights strictly; resume,
-`trained_run` (--attack_only and every attack) and the end-of-training reload all go through it.
+`lifecycle.trained_run` (--attack_only and every attack) and the end-of-training reload all go through it.
 """
 from __future__ import annotations
 

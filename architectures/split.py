@@ -10,8 +10,7 @@ import torch.nn as nn
 from utils import UserError
 
 from .bottleneck import build_bottleneck, parse_bottleneck
-from .resnet import (RESNET_ARCHS, resnet_extra_layer, resnet_head, resnet_is_sigmoid, resnet_num_layers,
-                     resnet_trunk)
+from .resnet import RESNET_ARCHS, resnet_extra_layer, resnet_head, resnet_is_sigmoid, resnet_num_layers, resnet_trunk
 from .vgg import VGG_ARCHS, vgg_extra_layer, vgg_head, vgg_is_sigmoid, vgg_num_layers, vgg_trunk
 
 ARCHITECTURES: Tuple[str, ...] = tuple(VGG_ARCHS) + tuple(RESNET_ARCHS)

@@ -58,7 +58,8 @@ class AttackResult:
         return {"final": self.final, "best_heldout": self.best_heldout, "best_epoch": self.best_epoch,
                 "n_fit": self.n_fit, "n_heldout": self.n_heldout, "n_eval": self.n_eval,
                 "decoder": self.name, "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 3),
-                "baseline_mean_image": self.baseline_mean_image, **({"settings": self.settings} if self.settings else {})}
+                "baseline_mean_image": self.baseline_mean_image,
+                **({"settings": self.settings} if self.settings else {})}
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from accel.capture import StepCapture, capture_enabled
 from architectures.decoders import build_decoder
 from attacks.base import Context, TrainedAttack
-from capture import StepCapture, capture_enabled
 from utils import UserError, torch_save_atomic
 
 ATTACK_MODES = ("train_time", "infer_time")

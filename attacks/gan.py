@@ -134,5 +134,6 @@ class GANAttack(TrainedAttack):
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.sched_g.step()
         self.sched_d.step()
-        return {"loss": sums["loss"] / max(1, n_critic_steps), "critic_loss": sums["critic_loss"] / max(1, n_critic_steps),
+        n_critic_steps = max(1, n_critic_steps)
+        return {"loss": sums["loss"] / n_critic_steps, "critic_loss": sums["critic_loss"] / n_critic_steps,
                 "gen_loss": sums["gen_loss"] / max(1, n_gen_steps), "lr": torch.tensor(lr_g)}

@@ -258,4 +258,4 @@ if __name__ == "__main__":
     try:
         main()
     except UserError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

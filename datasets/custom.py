@@ -61,7 +61,8 @@ def _finish(train: TensorSplit, test: TensorSplit, names, source: str, num_class
                         f"{tuple(test.x.shape[1:])}; both must have the same size")
     top = int(max(train.y.max(), test.y.max()))
     if num_classes and top >= num_classes:
-        raise UserError(f"{source}: label {top} found but there are {num_classes} classes (labels 0..{num_classes - 1}); "
+        raise UserError(f"{source}: label {top} found but there are {num_classes} classes "
+                        f"(labels 0..{num_classes - 1}); "
                         "fix the labels or pass the right --num_classes")
     if not num_classes:
         present = set(train.y.unique().tolist()) | set(test.y.unique().tolist())

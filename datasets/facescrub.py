@@ -30,7 +30,8 @@ def load_facescrub(data_root, download: bool = True) -> RawData:
     if base is None:
         hint = ""
         if (root / "facescrub_subset" / "faces_502.npz").is_file():
-            hint = f" (the small 32 px subset here loads as --dataset npz:{root / 'facescrub_subset' / 'faces_502.npz'})"
+            subset = root / "facescrub_subset" / "faces_502.npz"
+            hint = f" (the small 32 px subset here loads as --dataset npz:{subset})"
         raise UserError(f"facescrub is not under '{root}': expected '{root}/facescrub/48x48/train/<identity>/*.jpg' "
                         f"and '.../validate/<identity>/*.jpg'; it cannot be downloaded automatically, so prepare "
                         f"it as in the ResSFL code and pass its parent as --data_root{hint}")

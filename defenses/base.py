@@ -17,7 +17,7 @@ class Defense:
 
     name = "defense"
     # Whether a training step using this defence may be recorded as a CUDA graph and replayed
-    # (capture.py). False for a defence that syncs with the host or steps its own optimizer inside
+    # (accel/capture.py). False for a defence that syncs with the host or steps its own optimizer inside
     # encoder_loss/obfuscate; the trainer then runs every step eagerly.
     capturable = True
 

@@ -115,7 +115,8 @@ class _CEMLoss(torch.autograd.Function):
             if not use_compile:
                 raise
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-            warnings.warn(f"torch.compile of the CEM loss failed ({type(e).__name__}: {msg}); using eager mode")
+            warnings.warn(f"torch.compile of the CEM loss failed ({type(e).__name__}: {msg}); using eager mode",
+                          stacklevel=2)
             _compiled["failed"] = True
             loss, grad = _loss_and_grad(*args)
         ctx.save_for_backward(grad)

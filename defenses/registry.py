@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 
-
 @dataclass
 class BuildContext:
     """What a defence may need to know about the run it is built for."""

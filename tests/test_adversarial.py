@@ -5,9 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import architectures.decoders as decoders
-import model_training
 from defenses.adversarial import AdversarialTraining
-from experiment import run_experiment
+from lifecycle.experiment import run_experiment
 from main_MIA import build_parser
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -3,10 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from architectures import (ARCHITECTURES, BottleneckSpec, build_split_model, max_cutlayer,
-                           parse_bottleneck)
+from architectures import ARCHITECTURES, BottleneckSpec, build_split_model, max_cutlayer, parse_bottleneck
 from utils import UserError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ correctly, but not the CUDA-specific parts (which test_gpu.py compares against e
 import pytest
 import torch
 
-import capture
+from accel import capture
 from architectures import build_split_model
 from datasets import load_dataset
 from defenses import build_defenses

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 
 from datasets import DATASETS, BatchLoader, DataBundle, TensorSplit, load_dataset

@@ -3,10 +3,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
-from tiny_images import Split, smooth_u8
 import torch
 import torch.nn as nn
+from conftest import SHARED_DATA
+from tiny_images import Split, smooth_u8
 
 from architectures.decoders import build_decoder
 from attacks.decoder import DecoderAttack, attacker_splits

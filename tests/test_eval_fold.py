@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from accel.eval_fold import EvalFolder
 from architectures import build_split_model
-from eval_fold import EvalFolder
 
 
 def trained_a_little(module, shape, steps=3):

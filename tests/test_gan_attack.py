@@ -9,10 +9,10 @@ from fake_runs import make_run
 import run_gan_attack
 from architectures.decoders import build_decoder
 from architectures.discriminators import build_critic
-from attack_runner import attack_run, sweep
 from attacks.base import Context
 from attacks.decoder import load_decoder, save_decoder
 from attacks.gan import GANAttack, critic_loss, gradient_penalty
+from lifecycle.attack_runner import attack_run, sweep
 from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from architectures import build_split_model
-from conftest import SHARED_DATA
 from tools.official_layout import LAYOUT_DIR, generate_weights, layout_file, load_published, read_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")

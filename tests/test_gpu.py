@@ -47,7 +47,7 @@ def test_compiled_cem_loss_matches_eager():
 
 
 def test_training_and_attack_run_on_cuda(tmp_path):
-    from experiment import run_experiment
+    from lifecycle.experiment import run_experiment
     from main_MIA import build_parser
 
     cfg = vars(build_parser().parse_args([]))

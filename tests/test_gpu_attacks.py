@@ -3,7 +3,7 @@ import pytest
 import torch
 from fake_runs import make_run
 
-from attack_runner import attack_run
+from lifecycle.attack_runner import attack_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import SHARED_DATA
+
 from tools.official_ckpt import ALLOWED_GLOBALS
 from tools.official_layout import LAYOUT_DIR, PARTS, generate_weights, layout_file, read_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 CIFAR = SHARED_DATA / "cifar10_subset"
-RUN_NAME = "pretrain_False_lambd_16_noise_0.025_epoch_240_bottleneck_noRELU_C8S1_log_1_ATstrength_0_lr_0.05_varthres_0.125"
+RUN_NAME = ("pretrain_False_lambd_16_noise_0.025_epoch_240_bottleneck_noRELU_C8S1_log_1_ATstrength_0_lr_0.05"
+            "_varthres_0.125")
 GOLDEN = {"a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1": None,
           "c_cifar100_vgg11_bn_sgm_cut3_noRELU_C8S1": None,
           "e_facescrub_vgg11_bn_sgm_cut4_noRELU_C8S1": None,
@@ -70,8 +71,8 @@ def one_error_line(r, *fragments):
 
 @pytest.mark.parametrize("config", list(GOLDEN))
 def test_import_reproduces_golden_forward(config, tmp_path):
+    from lifecycle.trained_run import load_trained_run
     from tools.import_official import build_parser, import_official
-    from trained_run import load_trained_run
 
     s = _layout(config)["settings"]
     golden = json.loads(layout_file(SHARED_DATA, f"golden_{config}").read_text())
@@ -227,10 +228,11 @@ def patrol_encoder_module(layout):
     return seq
 
 
-@pytest.mark.parametrize("config", ["a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1", "d_tinyimagenet_resnet20_cut5_noRELU_C8S1"])
+@pytest.mark.parametrize("config", ["a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1",
+                                    "d_tinyimagenet_resnet20_cut5_noRELU_C8S1"])
 def test_patrol_run_imports_with_its_pruned_shapes(config, tmp_path):
+    from lifecycle.trained_run import load_trained_run
     from tools.import_official import build_parser, import_official
-    from trained_run import load_trained_run
 
     layout = _layout(f"{config}__PATROL")
     s = layout["settings"]

@@ -7,16 +7,15 @@ import warnings
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from architectures import architecture_record, build_split_model, load_split_state
-from conftest import SHARED_DATA
-from defenses import build_defenses
-from defenses import extra_device_layer
+from defenses import build_defenses, extra_device_layer
 from defenses.pruning import prune_encoder
-from experiment import _load_everything, run_experiment
+from lifecycle.experiment import _load_everything, run_experiment
+from lifecycle.trained_run import load_trained_run
 from main_MIA import build_parser
 from model_training import Trainer, TrainSettings
-from trained_run import load_trained_run
 from utils import UserError
 
 LAYOUTS = SHARED_DATA / "official_ckpt_layouts"

@@ -73,8 +73,8 @@ def test_attack_only_runs_a_list_of_attacks(tmp_path, capsys):
 
 
 def test_results_written_meanwhile_by_another_attacker_are_kept(tmp_path):
-    from attack_runner import run_attacks
-    from trained_run import load_trained_run
+    from lifecycle.attack_runner import run_attacks
+    from lifecycle.trained_run import load_trained_run
 
     run = make_run(tmp_path, limit_train=40, limit_test=12)
     tr = load_trained_run(run, {"data_root": str(tmp_path)}, device="cpu")

@@ -77,8 +77,8 @@ def finish(cmd: str, tmp_path, status="finished"):
     sys.path.insert(0, str(REPO))
     import shlex
 
+    from lifecycle.identity import identity
     from main_MIA import build_parser
-    from run_identity import identity
 
     cfg = vars(build_parser().parse_args(shlex.split(cmd.removeprefix("[skip] "))[2:]))
     run_dir = Path(cfg["folder"]) / cfg["filename"]
@@ -183,9 +183,9 @@ def test_defenses_sweep_dimension_and_preset(tmp_path):
 
 
 FAKE_EXPERIMENT = r'''
-# Stand-in for experiment.py: the real main_MIA.py and run identity, no training.
+# Stand-in for lifecycle/experiment.py: the real main_MIA.py and run identity, no training.
 import json, os, sys, time
-from run_identity import identity
+from lifecycle.identity import identity
 
 
 def main_guard(fn):
@@ -224,7 +224,7 @@ def run_experiment(cfg, progress=True):
 
 
 def with_parser(body: str) -> str:
-    """A stand-in main_MIA.py: the real parser (run_exp.sh asks run_identity, which reads it, for names
+    """A stand-in main_MIA.py: the real parser (run_exp.sh asks lifecycle.plan, which reads it, for names
     and states) and `body` as what running it does."""
     import textwrap
 
@@ -242,10 +242,11 @@ run_experiment(cfg)
 
 def stand_in_repo(tmp_path):
     repo = tmp_path / "repo"
-    shutil.copytree(REPO / "tools", repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("run_exp.sh", "main_MIA.py", "run_identity.py", "run_folder.py", "errors.py", "attack_runner.py"):
+    for package in ("tools", "lifecycle", "attacks", "defenses"):
+        shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("run_exp.sh", "main_MIA.py", "utils.py"):
         shutil.copy(REPO / name, repo / name)
-    (repo / "experiment.py").write_text(FAKE_EXPERIMENT)
+    (repo / "lifecycle" / "experiment.py").write_text(FAKE_EXPERIMENT)
     return repo
 
 

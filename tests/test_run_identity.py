@@ -3,11 +3,10 @@ variants, and the report's grouping by identity."""
 import json
 from pathlib import Path
 
-import pytest
-
 import main_MIA
-from run_identity import NOT_RESULT_KEYS, attack_keys, default_filename, identity
+from lifecycle.identity import NOT_RESULT_KEYS, attack_keys, default_filename, identity
 from tools import collect
+
 
 def cfg(**over):
     c = vars(main_MIA.build_parser().parse_args([]))
@@ -102,8 +101,9 @@ def test_report_never_averages_different_configurations(tmp_path):
 
 
 def test_attacks_of_a_run_folder_with_other_settings_go_beside(tmp_path, capsys):
-    from attack_runner import attack_run
     from fake_runs import make_run
+
+    from lifecycle.attack_runner import attack_run
 
     run = make_run(tmp_path, limit_train=40, limit_test=12)
     settings = {"attacks": "rmle", "attack_modes": "train_time", "rmle_steps": 2, "data_root": str(tmp_path),

@@ -116,7 +116,7 @@ def test_npz_labels_checked(capsys, tmp_path):
 def test_lock_refuses_a_second_process_and_dies_with_its_holder(capsys, copy_run):
     argv, run = copy_run
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from run_folder import Run; "
+        [sys.executable, "-c", "import sys, time; from lifecycle.run_folder import Run; "
          "Run(sys.argv[1], 'r').open(); print('locked', flush=True); time.sleep(120)", str(run.parent)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -220,7 +220,7 @@ def test_sigterm_stops_a_run_resumably(tmp_path):
         p.kill()
     assert p.returncode == 130 and "--resume" in err and "Traceback" not in err, err
     assert strict_json(run / "metrics.json")["status"] == "interrupted"
-    plan = subprocess.run([sys.executable, "-m", "run_identity", *argv[2:]], cwd=REPO, capture_output=True, text=True)
+    plan = subprocess.run([sys.executable, "-m", "lifecycle.plan", *argv[2:]], cwd=REPO, capture_output=True, text=True)
     assert plan.stdout.split() == ["resume", "r"], plan.stdout + plan.stderr
 
 

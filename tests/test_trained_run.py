@@ -5,7 +5,7 @@ import pytest
 import torch
 from fake_runs import make_run
 
-from trained_run import load_trained_run
+from lifecycle.trained_run import load_trained_run
 from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")

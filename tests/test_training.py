@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import model_training
 from architectures import build_split_model
 from defenses import build_defenses
-from experiment import run_experiment
+from lifecycle.experiment import run_experiment
 from main_MIA import build_parser
 
 
@@ -46,7 +46,8 @@ def test_cem_gradient_reaches_encoder_not_server():
             loss = loss + extra
         loss.backward()
         enc = torch.cat([p.grad.flatten() for p in model.encoder.parameters()])
-        srv = torch.cat([p.grad.flatten() for p in list(model.server.parameters()) + list(model.classifier.parameters())])
+        server_params = list(model.server.parameters()) + list(model.classifier.parameters())
+        srv = torch.cat([p.grad.flatten() for p in server_params])
         return enc, srv
 
     enc0, srv0 = grads(False)
@@ -155,7 +156,7 @@ def test_resume_refuses_changed_settings(tmp_path, monkeypatch):
 
 
 def _trainer(tmp_path, **over):
-    from experiment import _load_everything
+    from lifecycle.experiment import _load_everything
 
     cfg = cfg_for(tmp_path, **over)
     bundle, model, defenses, _ = _load_everything(cfg, torch.device("cpu"))
@@ -202,7 +203,7 @@ def test_select_on_test_keeps_best_of_last_epochs_and_resumes_exactly(tmp_path, 
     accs = [50, 60, 55, 40, 45, 70, 30, 35, 20, 25, 10, 15]  # per 1-based epoch 1..12
 
     def make(select_on, name):
-        from experiment import _load_everything
+        from lifecycle.experiment import _load_everything
 
         cfg = cfg_for(tmp_path, arch="resnet20_std", cutlayer=1, bottleneck_option="None", lambd=0.0)
         bundle, model, defenses, _ = _load_everything(cfg, torch.device("cpu"))

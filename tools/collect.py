@@ -8,10 +8,10 @@ import json
 import math
 from pathlib import Path
 
-from run_identity import NOT_RESULT_KEYS
+from lifecycle.identity import NOT_RESULT_KEYS
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
-# Shown in every table title. Tables are split by the runs' full identity (run_identity.py): runs that
+# Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
 # differ in anything but σ and λ (the table's axes) and the seed (averaged in a cell) never share a
 # table, and the title names any other setting that differs between tables.
 GROUP_KEYS = ("dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "var_threshold",

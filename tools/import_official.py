@@ -82,7 +82,7 @@ def _take_published_shapes(model, encoder_file) -> None:
 
 def build_config(args, from_name: dict, variant: str = "plain") -> dict:
     """A config.json like main_MIA.py's, for the published model's settings."""
-    from main_MIA import build_parser
+    from lifecycle.flags import build_parser
 
     cfg = vars(build_parser().parse_args([]))
     cfg.pop("no_progress", None)
@@ -113,8 +113,8 @@ def import_official(args, progress: bool = True) -> dict:
     from architectures.restore import architecture_record
     from datasets import load_dataset
     from defenses import build_defenses
+    from lifecycle.run_folder import Run
     from model_training import Trainer, TrainSettings
-    from run_folder import Run
 
     paths = find_published_files(args.ckpt_dir, args.epoch)
     files, kinds = {}, {}
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from experiment import main_guard
+    from lifecycle.experiment import main_guard
 
     args = build_parser().parse_args(argv)
     return main_guard(lambda: import_official(args, progress=not args.no_progress) and 0)

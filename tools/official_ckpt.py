@@ -78,7 +78,8 @@ def find_published_files(ckpt_dir, epoch: str) -> Dict[str, Path]:
         if not path.is_file():
             have = sorted(p.name for p in ckpt_dir.glob("checkpoint_*.tar"))[:6]
             raise UserError(f"'{path}' is missing; the published run saves {stem}_<E>.tar for E = best and every "
-                            f"50 epochs (found: {', '.join(have) or 'no checkpoint files'}); check the folder or --epoch")
+                            f"50 epochs (found: {', '.join(have) or 'no checkpoint files'}); "
+                            "check the folder or --epoch")
         out[stem] = path
     return out
 
@@ -108,7 +109,8 @@ def read_published_file(path) -> Tuple[str, "OrderedDict[str, torch.Tensor]"]:
         raise UserError(f"{path} names '{e.name}', which no published CEM checkpoint uses; refusing to "
                         "unpickle it (only the classes listed in the layout's pickle_globals are allowed)") from None
     except Exception as e:
-        raise UserError(f"cannot read {path} ({type(e).__name__}); is it a complete published checkpoint file?") from None
+        raise UserError(f"cannot read {path} ({type(e).__name__}); "
+                        "is it a complete published checkpoint file?") from None
     if not isinstance(obj, nn.Module):
         raise UserError(f"{path} holds a pickled {type(obj).__name__}, not a module or a state_dict; "
                         "is it a published CEM checkpoint file?")

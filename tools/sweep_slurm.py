@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from tools.sweep import Result, SignalForwarder, UserError, run_job
+from tools.sweep_jobs import Result, SignalForwarder, run_job
+from utils import UserError
 
 INSTALL = 'pip install "submitit>=1.5,<2"  (or pip install -r requirements-dev.txt)'
 JOB_NAME = "cem_sweep"

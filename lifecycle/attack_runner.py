@@ -1,6 +1,6 @@
 """Run attacks on a trained model and record them in its run folder.
 
-`run_attacks` is what training (`experiment.py`) and `--attack_only` call with a model in memory;
+`run_attacks` is what training (`lifecycle/experiment.py`) and `--attack_only` call with a model in memory;
 `attack_run(run_dir, settings)` rebuilds a run from its folder (strictly, through `trained_run`)
 and attacks it: a plain function, so sweep executors can call it per run; `sweep` applies it to
 every finished run below a folder. Results: `metrics.json` → `attack.<attack>.<mode>`, grids
@@ -13,72 +13,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from errors import UserError  # not utils: main_MIA's parser imports this module, and planning a sweep
-# (python -m run_identity) must not pay for importing torch once per configuration
+from attacks.flags import ATTACKS, DEFAULTS, MODES, gan_epochs
+from lifecycle.flags import parse_list
+from utils import UserError, read_json, seed_everything, write_json
 
-
-def read_json(path):
-    from utils import read_json as read
-    return read(path)
-
-
-def write_json(path, obj) -> None:
-    from utils import write_json as write
-    write(path, obj)
-
-
-def seed_everything(seed: int) -> None:
-    from utils import seed_everything as seed_all
-    seed_all(seed)
-
-ATTACKS = ("decoder", "gan", "rmle")
-MODES = ("train_time", "infer_time")
 # Flags that only change how a run is attacked (never what was trained); `--attack_only` and
 # run_gan_attack.py may override them.
 ATTACK_KEYS = ("attacks", "attack_modes", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic", "mse_weight",
-               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr", "rmle_max_images")
-DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_epochs": 50,
-            "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
-            "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
-            "rmle_steps": 500, "rmle_lr": 0.05, "rmle_max_images": None}
-
-
-def add_gan_flags(group) -> None:
-    group.add_argument("--gan_epochs", type=int, default=None,
-                       help="GAN attack epochs (default: 150; 80 for tinyimagenet, as in the paper)")
-    group.add_argument("--n_critic", type=int, default=10, help="critic steps per generator step (default: %(default)s)")
-    group.add_argument("--mse_weight", type=float, default=1500.0,
-                       help="weight of the pixel MSE in the generator loss (default: %(default)s)")
-    group.add_argument("--lr_D", type=float, default=5e-3, help="critic Adam lr (default: %(default)s)")
-    group.add_argument("--lr_G", type=float, default=5e-4, help="generator Adam lr (default: %(default)s)")
-    group.add_argument("--gan_batch_size", type=int, default=128, help="GAN batch size (default: %(default)s)")
-    group.add_argument("--checkpoint_every", type=int, default=5,
-                       help="GAN epochs between resumable checkpoints (default: %(default)s)")
-
-
-def add_rmle_flags(group) -> None:
-    group.add_argument("--rmle_steps", type=int, default=500, help="rMLE Adam steps per image (default: %(default)s)")
-    group.add_argument("--rmle_lr", type=float, default=0.05, help="rMLE Adam lr (default: %(default)s)")
-    group.add_argument("--tv_weight", type=float, default=0.05,
-                       help="rMLE total-variation weight (default: %(default)s)")
-    group.add_argument("--rmle_max_images", type=int, default=None,
-                       help="score rMLE on the first N eval images only (they span the classes); its cost grows "
-                            "with every image (default: all)")
-
-
-def parse_list(spec, allowed, flag: str) -> list:
-    items = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    bad = [m for m in items if m not in allowed]
-    if bad or not items:
-        raise UserError(f"bad {flag} '{spec}'; use a comma list of {', '.join(allowed)}")
-    # The decoder goes first: the GAN generator starts from the decoder it saves.
-    return sorted(dict.fromkeys(items), key=allowed.index)
-
-
-def gan_epochs(cfg: dict) -> int:
-    if cfg.get("gan_epochs") is not None:
-        return int(cfg["gan_epochs"])
-    return 80 if str(cfg.get("dataset", "")).lower().startswith("tinyimagenet") else 150
+               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr",
+               "rmle_max_images")
 
 
 def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = ""):
@@ -179,12 +122,12 @@ def attack_run(run_dir, settings: dict) -> dict:
 
     The model, cut, bottleneck and defences come from the folder's config.json and best checkpoint,
     loaded strictly. The folder is locked meanwhile; results for attack settings other than the run's
-    own go beside its results (run_identity.select_results), never over them. Returns the updated
+    own go beside its results (lifecycle.identity.select_results), never over them. Returns the updated
     metrics.json content.
     """
-    from run_folder import Run
-    from run_identity import select_results
-    from trained_run import load_trained_run, read_run_config
+    from lifecycle.identity import select_results
+    from lifecycle.run_folder import Run
+    from lifecycle.trained_run import load_trained_run, read_run_config
 
     run_dir = Path(run_dir)
     overrides = {k: settings.get(k) for k in (*ATTACK_KEYS, "data_root", "device")}

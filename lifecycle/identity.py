@@ -10,13 +10,7 @@ Settings in the parser's "attack" group form the identity's `attack` part; the r
 training, defence, seed) the `train` part. A trained run can be attacked again with other attack
 settings (`--attack_only`): those results go beside the old ones, under their own attack identity.
 
-Standard library only: run_exp.sh asks this module for names and states once per configuration.
-
-    python -m run_identity [--suffix TAG] <main_MIA.py flags>   ->   "<state> <run folder name>"
-
-state: new, resume (a checkpoint to continue), attack (trained, attacked with other settings: run with
---attack_only to add these beside), incomplete (trained, some requested attack results missing: a plain
-rerun or --attack_only adds them), finished, conflict (the folder holds another configuration).
+Standard library only: run_exp.sh asks for names and states once per configuration (lifecycle/plan.py).
 """
 from __future__ import annotations
 
@@ -24,7 +18,6 @@ import functools
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 # Bump when the meaning of metrics.json's numbers changes: older runs then no longer count as finished.
@@ -42,13 +35,12 @@ NOT_RESULT_KEYS = frozenset({
     # which results exist, not their values: a finished run missing some is completed with --attack_only
     "attack_modes", "attacks", "no_attack",
 })
-ATTACK_GROUP = "attack"  # the parser group whose flags form the attack part
 
 
 @functools.lru_cache(maxsize=1)
 def attack_keys() -> frozenset:
     """Destinations of the parser's "attack" group: a flag added there is an attack setting automatically."""
-    from main_MIA import build_parser
+    from lifecycle.flags import ATTACK_GROUP, build_parser
 
     # argparse has no public accessor for a group's actions; these attributes are stable since Python 2.7.
     for group in build_parser()._action_groups:
@@ -156,30 +148,3 @@ def default_filename(cfg: dict) -> str:
     ident = identity(cfg)
     parts.append(digest({"format": ident["format"], "train": ident["train"]}))
     return re.sub(r"[^A-Za-z0-9_.+-]", "-", "_".join(parts))
-
-
-def plan_cli(argv: list) -> int:
-    from errors import UserError
-    from main_MIA import build_parser
-    from run_folder import Run
-
-    suffix = None
-    if argv[:1] == ["--suffix"]:
-        if len(argv) < 2:
-            print("error: --suffix needs a value", file=sys.stderr)
-            return 2
-        suffix, argv = argv[1], argv[2:]
-    cfg = vars(build_parser().parse_args(argv))
-    if not cfg.get("filename"):
-        cfg["filename"] = default_filename(cfg) + (f"_{suffix}" if suffix else "")
-    try:
-        state, _ = Run(cfg["folder"], cfg["filename"]).plan(cfg)
-    except UserError as e:  # an unreadable folder: the run itself will say so
-        print(f"note: {e}", file=sys.stderr)
-        state = "conflict"
-    print(state, cfg["filename"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(plan_cli(sys.argv[1:]))

@@ -11,10 +11,10 @@ from typing import Callable, Optional
 
 import torch
 
-from run_folder import Run
-from run_identity import attack_keys, default_filename, identity, select_results
+from lifecycle.identity import attack_keys, default_filename, identity, select_results
+from lifecycle.run_folder import Run
+from lifecycle.validation import check_attack_data, validate
 from utils import OutOfSpace, RunFailed, UserError, disk_full, resolve_device, seed_everything, write_json
-from validation import check_attack_data, validate
 
 
 def _load_everything(cfg: dict, device):
@@ -132,8 +132,8 @@ class _recording:
 
 
 def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, resuming, stop_after) -> dict:
+    from lifecycle.trained_run import load_weights
     from model_training import Trainer, TrainSettings
-    from trained_run import load_weights
 
     settings = TrainSettings(num_epochs=int(cfg["num_epochs"]), learning_rate=float(cfg["learning_rate"]),
                              local_lr=cfg.get("local_lr"), batch_size=int(cfg["batch_size"]),
@@ -201,7 +201,7 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
             write_json(run.metrics_path, metrics)
         print(f"already finished: {run.dir} has these attack results (use --force to redo them)")
         return metrics
-    from trained_run import load_trained_run
+    from lifecycle.trained_run import load_trained_run
 
     seed_everything(int(merged["random_seed"]))
     tr = load_trained_run(run.dir, {k: merged.get(k) for k in attack_keys() | {"attack_modes", "device", "data_root",
@@ -212,7 +212,7 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
 
 def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool,
             block: Optional[dict] = None, tag: str = "", only: Optional[set] = None) -> dict:
-    from attack_runner import run_attacks
+    from lifecycle.attack_runner import run_attacks
 
     return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
                        results=block, tag=tag, only=only)

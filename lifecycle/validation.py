@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-from errors import UserError
+from attacks.flags import ATTACKS, MODES
+from lifecycle.flags import parse_list
+from utils import UserError
 
 # flag -> (lowest allowed value, whether the lowest value itself is allowed). Any float flag must be
 # finite whether it is listed or not; add a new numeric flag here to give it a range.
@@ -22,15 +24,10 @@ RANGES = {
     "checkpoint_seconds": (0, True),
     "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
 }
-ATTACK_MODES = ("train_time", "infer_time")
 
 
 def parse_modes(spec) -> list:
-    modes = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    bad = [m for m in modes if m not in ATTACK_MODES]
-    if bad or not modes:
-        raise UserError(f"bad --attack_modes '{spec}'; use a comma list of {', '.join(ATTACK_MODES)}")
-    return modes
+    return parse_list(spec, MODES, "--attack_modes")
 
 
 def check_numbers(cfg: dict) -> None:
@@ -57,8 +54,6 @@ def validate(cfg: dict) -> None:
     if cfg.get("select_on") not in ("val", "test"):
         raise UserError("--select_on must be 'val' (held-out 10% of train) or 'test' (the paper code)")
     parse_modes(cfg["attack_modes"])
-    from attack_runner import ATTACKS, parse_list
-
     parse_list(cfg.get("attacks") or "decoder", ATTACKS, "--attacks")
     if str(cfg.get("capture", "auto")) not in ("auto", "on", "off"):
         raise UserError(f"bad --capture '{cfg.get('capture')}'; choose auto, on or off")

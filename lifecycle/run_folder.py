@@ -11,8 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from errors import UserError
-from run_identity import attack_results_missing, identity, identity_differences
+from lifecycle.identity import attack_results_missing, identity, identity_differences
+from utils import UserError
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
 
@@ -59,7 +59,7 @@ class Run:
         return self.metrics().get("status") == "finished"
 
     def plan(self, cfg: dict) -> tuple:
-        """(state, message) for running `cfg` here; states as in run_identity's docstring."""
+        """(state, message) for running `cfg` here; states as in lifecycle/plan.py's docstring."""
         if not self.dir.exists() or not (self.config_path.exists() or self.metrics_path.exists()):
             return "new", ""
         ident, old = identity(cfg), self.stored_identity()

@@ -1,0 +1,51 @@
+"""The attacks' names, modes and command-line flags, declared here by the attacks themselves (DESIGN.md §8).
+
+Standard library only: the run lifecycle's parser is built once per configuration when a sweep is
+planned, which must not import torch.
+"""
+from __future__ import annotations
+
+ATTACKS = ("decoder", "gan", "rmle")  # in running order: the GAN generator starts from the decoder's weights
+MODES = ("train_time", "infer_time")
+DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_epochs": 50,
+            "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
+            "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
+            "rmle_steps": 500, "rmle_lr": 0.05, "rmle_max_images": None}
+
+
+def add_decoder_flags(group) -> None:
+    group.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
+    group.add_argument("--gan_AE_type", default="res_normN8C64",
+                       help="attack decoder: res_normN{blocks}C{channels} or conv_normN{N}C{C} "
+                            "(default: %(default)s)")
+
+
+def add_gan_flags(group) -> None:
+    group.add_argument("--gan_epochs", type=int, default=None,
+                       help="GAN attack epochs (default: 150; 80 for tinyimagenet, as in the paper)")
+    group.add_argument("--n_critic", type=int, default=10,
+                       help="critic steps per generator step (default: %(default)s)")
+    group.add_argument("--mse_weight", type=float, default=1500.0,
+                       help="weight of the pixel MSE in the generator loss (default: %(default)s)")
+    group.add_argument("--lr_D", type=float, default=5e-3, help="critic Adam lr (default: %(default)s)")
+    group.add_argument("--lr_G", type=float, default=5e-4, help="generator Adam lr (default: %(default)s)")
+    group.add_argument("--gan_batch_size", type=int, default=128, help="GAN batch size (default: %(default)s)")
+    group.add_argument("--checkpoint_every", type=int, default=5,
+                       help="GAN epochs between resumable checkpoints (default: %(default)s)")
+
+
+def add_rmle_flags(group) -> None:
+    group.add_argument("--rmle_steps", type=int, default=500,
+                       help="rMLE Adam steps per image (default: %(default)s)")
+    group.add_argument("--rmle_lr", type=float, default=0.05, help="rMLE Adam lr (default: %(default)s)")
+    group.add_argument("--tv_weight", type=float, default=0.05,
+                       help="rMLE total-variation weight (default: %(default)s)")
+    group.add_argument("--rmle_max_images", type=int, default=None,
+                       help="score rMLE on the first N eval images only (they span the classes); its cost grows "
+                            "with every image (default: all)")
+
+
+def gan_epochs(cfg: dict) -> int:
+    if cfg.get("gan_epochs") is not None:
+        return int(cfg["gan_epochs"])
+    return 80 if str(cfg.get("dataset", "")).lower().startswith("tinyimagenet") else 150

@@ -1,0 +1,62 @@
+"""The defences' command-line flags, declared here by the defences themselves (DESIGN.md §5).
+
+Standard library only: the run lifecycle's parser is built once per configuration when a sweep is
+planned, which must not import torch.
+"""
+from __future__ import annotations
+
+
+def add_noise_flags(group) -> None:
+    group.add_argument("--regularization", default="Gaussian_kl",
+                       help="feature obfuscation: Gaussian_kl (Gaussian noise, std = --regularization_strength) "
+                            "or None (default: %(default)s)")
+    group.add_argument("--regularization_strength", type=float, default=0.05,
+                       help="noise standard deviation sigma (default: %(default)s)")
+
+
+def add_cem_flags(group) -> None:
+    group.add_argument("--lambd", type=float, default=16.0,
+                       help="CEM weight lambda; 0 turns CEM off (default: %(default)s)")
+    group.add_argument("--var_threshold", type=float, default=0.125,
+                       help="CEM threshold tau: cluster variances are pushed below tau*sigma^2 "
+                            "(default: %(default)s)")
+    group.add_argument("--log_entropy", type=int, default=1, choices=[0, 1],
+                       help="1: log-variance surrogate (paper); 0: plain variance (default: %(default)s)")
+    group.add_argument("--cem_lr_coupling", default="paper", choices=["paper", "none"],
+                       help="paper: lambda_eff = lambda*0.001/lr for lr >= 4.1e-4 (no cap), else lambda, as the "
+                            "paper code's two-pass update; none: lambda as given (default: %(default)s)")
+    group.add_argument("--cem_refresh_aug", type=int, default=1, choices=[0, 1],
+                       help="1: fit CEM's per-class mixture after each epoch on augmented training images, as "
+                            "the paper code; 0: on un-augmented ones (default: %(default)s)")
+
+
+def add_at_flags(group) -> None:
+    """--AT_regularization and the settings of the defences it turns on (gan_adv's own decoder, ...)."""
+    group.add_argument("--AT_regularization", default="None",
+                       help="the paper's extra defences, joined by '_': gan_adv[_stepN] (attacker-aware training, "
+                            "N defender-decoder steps per batch), dropoutP (zero each sent element with "
+                            "probability P, no rescale), topkpruneP (zero the fraction P of smallest entries per "
+                            "sample), local_dp / local_dp_gaussian (noise for epsilon = strength), nopeek "
+                            "(distance correlation), pruningE (PATROL at epoch E); e.g. gan_adv_step1_pruning180 "
+                            "(default: %(default)s)")
+    group.add_argument("--AT_regularization_strength", type=float, default=0.0,
+                       help="weight of gan_adv and nopeek, epsilon of local_dp; 0 disables every "
+                            "--AT_regularization option, as in the paper code (default: %(default)s)")
+    group.add_argument("--adv_AE_type", default="res_normN4C64",
+                       help="gan_adv: the defender's own decoder (distinct from --gan_AE_type, the attack's) "
+                            "(default: %(default)s)")
+    group.add_argument("--gan_pretrain_epochs", type=int, default=30,
+                       help="gan_adv: epochs pre-training the defender decoder on the training split "
+                            "(default: %(default)s, the paper's)")
+    group.add_argument("--gan_loss_type", default="SSIM", choices=["SSIM", "MSE"],
+                       help="gan_adv: defender decoder loss -SSIM (encoder penalty on SSIM above "
+                            "--ssim_threshold) or MSE (encoder penalty -strength*MSE) (default: %(default)s)")
+    group.add_argument("--ssim_threshold", type=float, default=0.5,
+                       help="gan_adv with SSIM: the encoder is penalised only for SSIM above this "
+                            "(default: %(default)s)")
+
+
+def add_defence_flags(group) -> None:
+    add_noise_flags(group)
+    add_cem_flags(group)
+    add_at_flags(group)

@@ -1,0 +1,104 @@
+"""Every flag of one configuration (main_MIA.py's parser), below everything that reads them.
+
+The entry points, the run identity (which flags are attack settings) and validation all read the
+parser built here; the attacks and defences declare their own flags (`attacks/flags.py`,
+`defenses/flags.py`). Standard library only: a sweep's planner builds this parser once per
+configuration and must not import torch.
+"""
+from __future__ import annotations
+
+import argparse
+
+from attacks.flags import add_decoder_flags, add_gan_flags, add_rmle_flags
+from defenses.flags import add_defence_flags
+from utils import UserError
+
+ATTACK_GROUP = "attack"  # the parser group whose flags form a run identity's attack part
+
+
+def _none_or_float(s):
+    return None if s in (None, "", "None", "none") else float(s)
+
+
+def build_parser(description: str = "Train one configuration, then attack it.") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="vgg11_bn_sgm",
+                   help="split architecture: vgg11, vgg11_bn, vgg11_bn_sgm, vgg13, vgg13_bn, resnet20 "
+                        "(paper variant), resnet20_std, resnet32 (default: %(default)s)")
+    m.add_argument("--cutlayer", type=int, default=4,
+                   help="number of layers on the device (VGG: max-pools count as layers) (default: %(default)s)")
+    m.add_argument("--bottleneck_option", default="noRELU_C8S1",
+                   help="device-side bottleneck, e.g. noRELU_C8S1 = 8 channels, stride 1, no ReLU; "
+                        "None disables (default: %(default)s)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="cifar10",
+                   help="cifar10, cifar100, facescrub, tinyimagenet, digits, "
+                        "npz:<file>[,<test file> or test fraction], imagefolder:<dir> (default: %(default)s)")
+    d.add_argument("--data_root", default="./data", help="folder holding the datasets (default: %(default)s)")
+    d.add_argument("--select_on", default="val", choices=["val", "test"],
+                   help="split that picks the best epoch: val = 10%% held out of train; test = the paper "
+                        "code's choice (optimistic), including its tracker reset at epochs 40/100/200 of 240 "
+                        "(scaled to --num_epochs), so the best of the last 40 epochs (default: %(default)s)")
+    d.add_argument("--num_classes", type=int, default=None,
+                   help="class count of an npz data set (labels must be 0..N-1); default: the largest label + 1, "
+                        "with every class present")
+    d.add_argument("--limit_train", type=int, default=None, help="use a seeded random subset of N training images")
+    d.add_argument("--limit_test", type=int, default=None, help="use a seeded random subset of N test images")
+    t = p.add_argument_group("training")
+    t.add_argument("--batch_size", type=int, default=128, help="(default: %(default)s)")
+    t.add_argument("--num_epochs", type=int, default=240,
+                   help="epochs; the lr milestones 60/120/180/210 of 240 scale with it (default: %(default)s)")
+    t.add_argument("--learning_rate", type=float, default=0.05, help="server lr, SGD (default: %(default)s)")
+    t.add_argument("--milestones", default="paper",
+                   help="epochs where the lr drops x0.2: paper (60/120/180/210 of 240, scaled to --num_epochs), "
+                        "none (constant lr), or a comma list such as 60,120 (default: %(default)s)")
+    t.add_argument("--local_lr", type=_none_or_float, default=None,
+                   help="encoder (device) lr; default: same as --learning_rate")
+    t.add_argument("--random_seed", type=int, default=125,
+                   help="seed for data order, init, noise (default: %(default)s)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (faster; not bit-identical)")
+    t.add_argument("--no_compile", dest="compile", action="store_false",
+                   help="on CUDA, keep the CEM loss in eager mode instead of fusing it with torch.compile")
+    t.add_argument("--capture", default="auto", choices=["auto", "on", "off"],
+                   help="record each training/attack step as a CUDA graph and replay it (much faster at "
+                        "small batches): auto = on for CUDA, off on CPU/MPS (default: %(default)s)")
+    t.add_argument("--checkpoint_seconds", type=_none_or_float, default=None, metavar="SECONDS",
+                   help="seconds of training between checkpoints (the last epoch is always saved; a killed run "
+                        "redoes at most this much): default every epoch on CPU/MPS, 30 on CUDA, where writing "
+                        "one costs about a tenth of an epoch")
+    t.add_argument("--no_channels_last", dest="channels_last", action="store_false",
+                   help="keep NCHW memory format (channels_last is on by default: faster on CPU and CUDA)")
+    add_defence_flags(p.add_argument_group("defence"))
+    a = p.add_argument_group(ATTACK_GROUP)
+    add_decoder_flags(a)
+    a.add_argument("--attack_modes", default="train_time,infer_time",
+                   help="comma list: train_time (attacker has the training images), infer_time (attacker has "
+                        "90%% of the test set, scored on the rest) (default: %(default)s)")
+    a.add_argument("--attacks", default="decoder",
+                   help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from the "
+                        "decoder), rmle (white-box optimisation) (default: %(default)s)")
+    add_gan_flags(a)
+    add_rmle_flags(a)
+    a.add_argument("--no_attack", action="store_true", help="train only")
+    a.add_argument("--attack_only", action="store_true",
+                   help="re-attack a trained run from its checkpoint (no training)")
+    o = p.add_argument_group("output")
+    o.add_argument("--folder", default="runs", help="parent folder of run folders (default: %(default)s)")
+    o.add_argument("--filename", default=None, help="run folder name; default: built from the settings")
+    o.add_argument("--resume", action="store_true", help="continue an interrupted run from checkpoints/last.pt")
+    o.add_argument("--force", action="store_true",
+                   help="redo the run from scratch, deleting what its folder holds (also when the folder holds "
+                        "another configuration); with --attack_only: redo those attack results")
+    o.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def parse_list(spec, allowed, flag: str) -> list:
+    items = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    bad = [m for m in items if m not in allowed]
+    if bad or not items:
+        raise UserError(f"bad {flag} '{spec}'; use a comma list of {', '.join(allowed)}")
+    # In `allowed`'s order: the GAN generator starts from the decoder the decoder attack saves.
+    return sorted(dict.fromkeys(items), key=allowed.index)

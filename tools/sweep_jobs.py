@@ -1,0 +1,120 @@
+"""A sweep's job model, shared by the local and the Slurm executors (tools/sweep.py, tools/sweep_slurm.py).
+
+A job is one independent command that appends its output to its own log; `run_job` runs one (it is
+also what a Slurm task runs), `Result` is what became of it, `SignalForwarder` passes SIGINT/SIGTERM on
+to running jobs. Standard library only, so a dry run never imports torch.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from utils import UserError
+
+REPEAT_S = 2.0  # a terminal Ctrl-C reaches us twice (directly and via run_exp.sh): forward it once
+
+
+@dataclass
+class Job:
+    name: str
+    cmd: list
+    log: str
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    job: Job
+    status: str  # done, failed, interrupted, not started
+    rc: Optional[int] = None
+    seconds: float = 0.0
+    note: str = ""
+
+
+def read_jobs(path) -> list:
+    """JOBS_FILE as run_exp.sh writes it: per job the NUL-terminated fields name, log, argc, argv..."""
+    fields = [os.fsdecode(f) for f in Path(path).read_bytes().split(b"\0")]
+    if fields and fields[-1] == "":
+        fields.pop()
+    jobs, i = [], 0
+    while i < len(fields):
+        try:
+            name, log, argc = fields[i], fields[i + 1], int(fields[i + 2])
+        except (IndexError, ValueError):
+            raise UserError(f"{path} is not a jobs file (name, log, argc, argv... separated by NUL bytes)") from None
+        cmd = fields[i + 3:i + 3 + argc]
+        if len(cmd) != argc or argc == 0:
+            raise UserError(f"{path}: job '{name}' is truncated")
+        jobs.append(Job(name, cmd, log))
+        i += 3 + argc
+    return jobs
+
+
+def run_job(job: Job, env: Optional[dict] = None, tee: bool = False, new_session: bool = False,
+            started: Optional[Callable] = None) -> int:
+    """Runs one job with its output appended to job.log (and copied to stdout with tee); returns the
+    exit status (negative: killed by that signal). This is also what a Slurm task runs."""
+    Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **job.env, **(env or {})}
+    header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}\n{shlex.join(job.cmd)}\n".encode()
+    with open(job.log, "ab") as log:
+        log.write(header)
+        log.flush()
+        if tee:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(header)
+        try:
+            proc = subprocess.Popen(job.cmd, stdout=subprocess.PIPE if tee else log, stderr=subprocess.STDOUT,
+                                    env=full_env, start_new_session=new_session)
+        except OSError as e:
+            log.write(f"cannot start: {e}\n".encode())
+            return 127
+        if started:
+            started(proc)
+        if tee:
+            while chunk := os.read(proc.stdout.fileno(), 65536):
+                log.write(chunk)
+                log.flush()
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+class SignalForwarder:
+    """While active, SIGINT/SIGTERM are forwarded to `forward(signum)` (once per burst) and remembered."""
+
+    def __init__(self, forward: Callable[[int], None]):
+        self.forward = forward
+        self.received: Optional[int] = None
+        self._last = 0.0
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        first = self.received is None
+        self.received = signum
+        now = time.monotonic()
+        if now - self._last < REPEAT_S:
+            return
+        self._last = now
+        name = signal.Signals(signum).name
+        print(f"\nsweep: {name} received: passing it to the running jobs (they save a checkpoint and stop)"
+              + ("; no new job starts" if first else ""), file=sys.stderr, flush=True)
+        self.forward(signum)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
