@@ -16,7 +16,7 @@ from accel.capture import StepCapture, capture_enabled, params_signature
 from accel.eval_fold import EvalFolder
 from architectures import architecture_record, load_split_state
 from datasets import BatchLoader
-from utils import RunFailed, UserError, append_csv_row, torch_save_atomic, truncate_csv
+from utils import RunFailed, UserError, append_csv_row, load_checkpoint, torch_save_atomic, truncate_csv
 
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
               "cem_logdet", "epoch_time_s"]
@@ -292,8 +292,8 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return False
+        ck = load_checkpoint(path, self.device, fix="use --force to start the run over")
         try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
             shapes_before = architecture_record(self.model)["shapes"]
             load_split_state(self.model, ck)
             if architecture_record(self.model)["shapes"] != shapes_before:

@@ -1,4 +1,5 @@
-"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, image scaling.
+"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, the one
+checkpoint loader, image scaling.
 
 torch and numpy are imported where they are used, not here: the sweep's planner and the run lifecycle's
 flag, identity and run-folder modules import this module once per configuration and must not pay
@@ -11,8 +12,11 @@ import errno
 import json
 import math
 import os
+import pickle
 import random
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -168,6 +172,46 @@ def torch_save_atomic(obj: Any, path: str | Path) -> None:
     import torch
 
     _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+
+
+class UnsafeCheckpoint(UserError):
+    """The file is a pickle that asks for more than tensors, numbers, strings and containers."""
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", fix: str = "") -> Any:
+    """Every checkpoint the project reads comes through here (DESIGN.md §11): run folders are shared
+    and attacked by others, so a file is only ever read with `weights_only=True`, which cannot run
+    code. What the project saves (state_dicts, optimizer states, RNG tensors, records of numbers and
+    strings) needs nothing beyond torch's default weights-only set, so nothing is allow-listed.
+
+    A refused file is one UserError naming it (UnsafeCheckpoint when it pickles other objects);
+    `fix` ends that line with what the caller's user can do about it.
+    """
+    import torch
+
+    path = Path(path)
+    end = f"; {fix}" if fix else ""
+    try:
+        with warnings.catch_warnings():
+            # Foreign pickles trip a protocol warning on stderr; the refusal below says it in one line.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # what the weights-only unpickler raises for anything it refuses
+        # torch >= 2.4 says "GLOBAL x.y was not an allowed global", older ones "Unsupported class x.y"
+        found = re.search(r"GLOBAL (\S+) was not an allowed global|Unsupported class (\S+)", str(e))
+        if found:
+            raise UnsafeCheckpoint(f"{path} holds pickled Python objects ({found.group(1) or found.group(2)}), "
+                                   f"which can run arbitrary code when loaded; refusing to load it{end}") from None
+        why = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        raise UnsafeCheckpoint(f"{path} is not a checkpoint of tensors and plain values (the weights-only loader "
+                               f"stopped at: {why.group(1)[:120] if why else 'unknown pickle data'}); refusing to "
+                               f"load it{end}") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or type(e).__name__}{end}") from None
+    except Exception as e:  # empty, truncated or not a torch file at all (zip, magic number, EOF errors)
+        detail = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else ""
+        raise UserError(f"cannot read {path}: empty, truncated or not a torch checkpoint ({type(e).__name__}"
+                        f"{': ' + detail if detail else ''}){end}") from None
 
 
 def append_csv_row(path: str | Path, row: dict) -> None:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
-from utils import UserError, normalize, torch_save_atomic
+from utils import UserError, load_checkpoint, normalize, torch_save_atomic
 
 GRID_SIZE = 16
 
@@ -317,19 +317,23 @@ class TrainedAttack(Attack):
         path = self.checkpoint_path
         if not path or not path.exists():
             return None
-        try:
-            ck = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:
-            self.log(f"note: ignoring unreadable attack checkpoint {path} ({e.__class__.__name__}); starting over")
-            return None
+        fix = "delete it to start this attack over"
+        ck = load_checkpoint(path, self.device, fix=fix)
+        if not isinstance(ck, dict):
+            raise UserError(f"{path} holds a {type(ck).__name__}, not an attack checkpoint; {fix}")
         if ck.get("settings") != self.settings():
             self.log(f"note: attack checkpoint {path} was made with other settings; starting over")
             return None
-        self.model.load_state_dict(ck["model"])
-        self.load_training_state(ck["training"])
-        gen.set_state(ck["gen"])
-        torch.set_rng_state(ck["rng"])
-        self.done = int(ck["epoch"])
+        try:  # settings match, so anything missing or misshapen means the file was altered
+            self.model.load_state_dict(ck["model"])
+            self.load_training_state(ck["training"])
+            gen.set_state(ck["gen"].cpu())  # map_location moved them; generator states live on the CPU
+            torch.set_rng_state(ck["rng"].cpu())
+            self.done = int(ck["epoch"])
+            best_state, best_mse, best_epoch = ck["best"]
+            history = list(ck["history"])
+        except Exception as e:
+            raise UserError(f"attack checkpoint {path} does not fit this attack ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:120] if str(e) else ''}); {fix}") from None
         self.log(f"resumed {self.name} attack from {path} after epoch {self.done}")
-        best_state, best_mse, best_epoch = ck["best"]
-        return best_state, best_mse, best_epoch, list(ck["history"])
+        return best_state, best_mse, best_epoch, history

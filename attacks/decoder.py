@@ -16,7 +16,7 @@ import torch.nn as nn
 from accel.capture import StepCapture, capture_enabled
 from architectures.decoders import build_decoder
 from attacks.base import Context, TrainedAttack
-from utils import UserError, torch_save_atomic
+from utils import UserError, load_checkpoint, torch_save_atomic
 
 ATTACK_MODES = ("train_time", "infer_time")
 HELDOUT_FRACTION = 0.1
@@ -169,7 +169,7 @@ def save_decoder(model: nn.Module, path, **extra) -> Path:
 
 def load_decoder(path, device="cpu") -> nn.Module:
     """Rebuild a decoder saved by `save_decoder` and load it strictly."""
-    ck = torch.load(path, map_location=device, weights_only=False)
+    ck = load_checkpoint(path, device)
     model = build_decoder(ck["arch"], ck["feature_shape"], ck["image_size"], ck["out_channels"])
     model.load_state_dict(ck["state_dict"], strict=True)
     return model.to(device).eval()

@@ -18,7 +18,7 @@ import torch.nn as nn
 from architectures.decoders import build_decoder
 from architectures.discriminators import build_critic
 from attacks.base import Context, TrainedAttack, to_unit
-from utils import UserError
+from utils import UserError, load_checkpoint
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
@@ -69,14 +69,21 @@ class GANAttack(TrainedAttack):
         if path is None or not path.exists():
             self.log(f"GAN generator {self.generator}: from scratch (no saved decoder at {path})")
             return gen
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        fix = "delete it (the GAN then starts from scratch) or rerun the decoder attack"
+        ck = load_checkpoint(path, "cpu", fix=fix)
+        if not isinstance(ck, dict):
+            raise UserError(f"{path} holds a {type(ck).__name__}, not a saved decoder; {fix}")
         wanted = (self.generator, list(ctx.feature_shape), ctx.image_size, ctx.channels)
         found = (ck.get("arch"), list(ck.get("feature_shape", [])), ck.get("image_size"), ck.get("out_channels"))
         if wanted != found:
             self.log(f"GAN generator {self.generator}: from scratch (saved decoder {path} is {found[0]} for "
                      f"features {tuple(found[1])}, not {wanted[0]} for {tuple(wanted[1])})")
             return gen
-        gen.load_state_dict(ck["state_dict"], strict=True)
+        try:
+            gen.load_state_dict(ck["state_dict"], strict=True)
+        except (KeyError, TypeError, RuntimeError) as e:  # its record matches, so the weights were altered
+            raise UserError(f"saved decoder {path} does not hold the weights of a {self.generator} "
+                            f"({type(e).__name__}); {fix}") from None
         self.initialised_from = str(path.name)
         self.log(f"GAN generator {self.generator}: initialised from the saved decoder {path}")
         return gen

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from utils import UserError, read_json, resolve_device
+from utils import UserError, load_checkpoint, read_json, resolve_device
 
 # Keys every config.json of this project has; a folder without them belongs to something else.
 REQUIRED_CONFIG_KEYS = ("arch", "cutlayer", "dataset", "bottleneck_option", "random_seed")
@@ -66,10 +66,7 @@ def read_checkpoint(path, device) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"no trained model at {path}; train the run first (without --attack_only)")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # truncated or foreign file
-        raise UserError(f"cannot read checkpoint {path} ({e.__class__.__name__}); retrain the run") from None
+    ck = load_checkpoint(path, device, fix="retrain the run, or get it again from a source you trust")
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
         raise UserError(f"{path} is not a checkpoint of this project (no 'model' state dict); retrain the run")
     return ck

@@ -88,8 +88,8 @@ def test_gan_adv_run_resumes_exactly(tmp_path):
     assert part["status"] == "training"
     done = run_experiment(_cfg(tmp_path, filename="part", resume=True), progress=False)
     assert done["train"]["test_acc"] == full["train"]["test_acc"]
-    a = torch.load(tmp_path / "runs" / "full" / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(tmp_path / "runs" / "part" / "checkpoints" / "last.pt", weights_only=False)
+    a = torch.load(tmp_path / "runs" / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "part" / "checkpoints" / "last.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     da, db = a["defenses"]["gan_adv"], b["defenses"]["gan_adv"]

@@ -99,7 +99,7 @@ def test_runs_attacked_with_their_own_shapes(tmp_path, cut, shape):
     for block in ("final", "baseline_mean_image"):
         assert 0 < res[block]["mse_mean"] < 1
     assert (run / "images" / "gan_train_time.png").exists()
-    saved = torch.load(run / res["saved_model"], weights_only=False)
+    saved = torch.load(run / res["saved_model"], weights_only=True)
     assert tuple(saved["feature_shape"]) == shape and saved["arch"] == "res_normN0C8"
     assert not (run / "attacks" / "gan_train_time.ckpt.pt").exists()
     assert "from scratch" in (run / "log.txt").read_text()

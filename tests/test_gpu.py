@@ -57,7 +57,7 @@ def test_training_and_attack_run_on_cuda(tmp_path):
     m = run_experiment(cfg, progress=False)
     assert m["status"] == "finished" and m["config"]["device"].startswith("cuda")
     assert m["train"]["test_acc"] > 0
-    ck = torch.load(tmp_path / "runs" / "gpu" / "checkpoints" / "last.pt", weights_only=False)
+    ck = torch.load(tmp_path / "runs" / "gpu" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["defenses"]["cem"]["state"] is not None  # CEM state saved (on the CPU) for resume
 
 

@@ -18,5 +18,5 @@ def test_decoder_gan_rmle_on_cuda(tmp_path):
         res = m[name]["train_time"]
         assert res["n_eval"] == 64 and 0 < res["final"]["mse_mean"] < 1, (name, res["final"])
     assert m["gan"]["train_time"]["settings"]["init_from"] == "decoder_train_time.pt"
-    saved = torch.load(run / "attacks" / "gan_train_time.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(run / "attacks" / "gan_train_time.pt", map_location="cpu", weights_only=True)
     assert saved["arch"] == "res_normN1C16" and tuple(saved["feature_shape"]) == (8, 8, 8)

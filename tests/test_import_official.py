@@ -15,6 +15,7 @@ from conftest import SHARED_DATA
 
 from tools.official_ckpt import ALLOWED_GLOBALS
 from tools.official_layout import LAYOUT_DIR, PARTS, generate_weights, layout_file, read_layout
+from utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +169,43 @@ def test_pickle_with_forbidden_class_is_refused_without_running_it(tmp_path):
         pickle.dump(Evil(), fh, protocol=2)  # a legacy-format pickle calling os.system
     one_error_line(cli(ckpt, "--dataset", "cifar10", cwd=tmp_path), "refusing")
     assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    """A NaN server used to import as a 'finished' run scoring chance accuracy; now nothing is written."""
+    config = "a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1"
+
+    def poison(files):
+        files["checkpoint_cloud"]["1.weight"].view(-1)[5] = float("nan")
+    publish(config, tmp_path / RUN_NAME, edit=poison)
+    r = cli(tmp_path / RUN_NAME, "--dataset", fake_npz(tmp_path, 10, 32), "--data_root", tmp_path,
+            "--folder", tmp_path / "runs")
+    one_error_line(r, "checkpoint_cloud_best.tar", "'1.weight'", "1 non-finite value")
+    assert not (tmp_path / "runs").exists()
+    # every part, either file kind: an inf in a bare state_dict, a NaN in a pickled (PATROL) module
+    from tools.official_ckpt import read_published_file
+
+    torch.save({"1.bias": torch.tensor([0.0, float("inf")])}, tmp_path / "head.tar")
+    module = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with torch.no_grad():
+        module[0].bias[1] = float("nan")
+    torch.save(module, tmp_path / "encoder.tar")
+    for name, key in (("head.tar", "'1.bias'"), ("encoder.tar", "'0.bias'")):
+        with pytest.raises(UserError, match=f"{name}: tensor {key} holds 1 non-finite"):
+            read_published_file(tmp_path / name)
+
+
+def test_malformed_patrol_module_is_one_line(tmp_path):
+    """Only allowed classes, but a parameter that is not a tensor: the module's state_dict() raises."""
+    config = "a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1"
+    ckpt = tmp_path / RUN_NAME
+    publish(config, ckpt)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+    module[0]._parameters["weight"] = 5  # written past nn.Module's checks, as a crafted pickle can
+    torch.save(module, ckpt / "checkpoint_f_best.tar")
+    r = cli(ckpt, "--dataset", "cifar10", "--folder", tmp_path / "runs", cwd=tmp_path)
+    one_error_line(r, "checkpoint_f_best.tar", "malformed pickled module", "AttributeError")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_allowed_globals_are_the_layouts_pickle_globals():

@@ -169,8 +169,8 @@ def test_pruned_run_trains_on_resumes_exactly_and_reloads_exactly(tmp_path):
     run_experiment(cfg_for(tmp_path, filename="killed"), progress=False, stop_after=1)
     done = run_experiment(cfg_for(tmp_path, filename="killed", resume=True), progress=False)
     assert done["train"]["test_acc"] == full["train"]["test_acc"]
-    a = torch.load(runs / "full" / "checkpoints" / "last.pt", weights_only=False)["model"]
-    b = torch.load(runs / "killed" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    a = torch.load(runs / "full" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(runs / "killed" / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     assert _test_acc(runs / "full") == full["train"]["test_acc"]

@@ -66,7 +66,7 @@ def test_attack_only_runs_a_list_of_attacks(tmp_path, capsys):
     assert m["attack"]["rmle"]["train_time"]["settings"]["steps"] == 3
     assert m["attack"]["rmle"]["train_time"]["n_eval"] == 5 and m["attack"]["decoder"]["train_time"]["n_eval"] == 12
     assert (run / "images" / "rmle_train_time.png").exists()
-    saved = torch.load(run / "attacks" / "decoder_train_time.pt", weights_only=False)
+    saved = torch.load(run / "attacks" / "decoder_train_time.pt", weights_only=True)
     assert saved["arch"] == "res_normN0C8" and tuple(saved["feature_shape"]) == (4, 16, 16)
     assert main_MIA.main(argv[:-6] + ["--attacks", "decoder,magic"]) == 2
     assert "--attacks" in capsys.readouterr().err

@@ -78,7 +78,7 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(capsys
     run = tmp_path / "runs" / "r"
     m = strict_json(run / "metrics.json")
     assert m["status"] == "failed" and "epoch 2" in m["error"]
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     with open(run / "train_log.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
     # Checkpoints far apart (as on CUDA): the message names the checkpoint that exists, not the last epoch.
@@ -150,7 +150,7 @@ def test_kill_during_first_checkpoint_leaves_log_and_checkpoint_consistent(capsy
     assert code == 0 and not list(run.rglob("*.tmp"))
     with open(run / "train_log.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_full_disk_gives_one_line_keeps_the_last_checkpoint_and_resumes(capsys, tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_full_disk_gives_one_line_keeps_the_last_checkpoint_and_resumes(capsys, 
     assert code == 1 and "no space left" in line and "last.pt" in line and "--resume" in line
     run = tmp_path / "runs" / "r"
     assert not list(run.rglob("*.tmp"))  # the half-written file is gone, freeing its space
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     m = strict_json(run / "metrics.json")
     assert m["status"] == "interrupted" and "no space left" in m["error"]
     monkeypatch.setattr(model_training, "torch_save_atomic", original)

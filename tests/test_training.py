@@ -79,7 +79,7 @@ def test_lr_schedule_matches_paper_one_based():
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted(tmp_path, monkeypatch
         run_experiment(cfg_for(tmp_path, filename="killed"), progress=False)
     monkeypatch.setattr(model_training.Trainer, "train_epoch", original)
     run_dir = tmp_path / "runs" / "killed"
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
     with open(run_dir / "train_log.csv") as f:
         assert len(list(csv.DictReader(f))) == 2  # finished epochs are kept
 
@@ -284,8 +284,8 @@ def test_checkpoints_every_n_seconds_stay_consistent_and_resume_exactly(tmp_path
     assert all(n == "last.pt" or writes[i + 1][0] == "last.pt" for i, (n, _) in enumerate(writes)), \
         "best.pt is written only together with last.pt, so both describe the same moment"
     run_dir = tmp_path / "runs" / "sparse"
-    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
-    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert best["epoch"] == last["best"]["epoch"] <= 2
     monkeypatch.setattr(model_training.Trainer, "train_epoch", epoch_of_20s)
     done = run_experiment({**cfg, "resume": True}, progress=False)

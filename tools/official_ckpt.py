@@ -1,10 +1,11 @@
 """Reading the authors' published checkpoint files safely, and telling their variants apart.
 
 Bare state_dicts (every file of a plain or SCA run, and the server/head files of PATROL runs) load
-with `torch.load(weights_only=True)`. PATROL runs pickle the whole encoder module; that file is read
-by an unpickler that resolves only the globals the published files are known to name (the
-`pickle_globals` of ../shared/data/official_ckpt_layouts/*__PATROL.json) and refuses any other, so a
-crafted file cannot run code. The authors' ResNet classes resolve to empty stand-ins: only the
+through the project's one loader, `utils.load_checkpoint` (`weights_only=True`). PATROL runs pickle
+the whole encoder module; that file alone is read by an unpickler that resolves only the globals the
+published files are known to name (the `pickle_globals` of
+../shared/data/official_ckpt_layouts/*__PATROL.json) and refuses any other, so a crafted file cannot
+run code. The authors' ResNet classes resolve to empty stand-ins: only the
 module tree and its tensors are read, never their code.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn as nn
 
-from utils import UserError
+from utils import UnsafeCheckpoint, UserError, load_checkpoint
 
 from .official_layout import PARTS
 
@@ -91,18 +92,24 @@ def _tensors_only(obj, path: Path) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict(obj)
 
 
+def _finite_only(tensors: "OrderedDict[str, torch.Tensor]", path: Path) -> "OrderedDict[str, torch.Tensor]":
+    """A NaN or inf weight would import as a model that scores (badly) like a real one: refuse it."""
+    for key, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise UserError(f"{path}: tensor '{key}' holds {bad} non-finite value(s) (NaN or inf) of "
+                            f"{t.numel()}; a trained model has none: the file is damaged, so nothing is imported")
+    return tensors
+
+
 def read_published_file(path) -> Tuple[str, "OrderedDict[str, torch.Tensor]"]:
-    """('state_dict' | 'module', the file's tensors in saved order). Never executes code from the file."""
+    """('state_dict' | 'module', the file's finite tensors in saved order). Never executes code from the file."""
     path = Path(path)
     try:
-        return "state_dict", _tensors_only(torch.load(path, map_location="cpu", weights_only=True), path)
-    except pickle.UnpicklingError:
+        return "state_dict", _finite_only(_tensors_only(load_checkpoint(
+            path, "cpu", fix="is it a complete published checkpoint file?"), path), path)
+    except UnsafeCheckpoint:
         pass  # not a bare state_dict: perhaps PATROL's pickled module, read below under the whitelist
-    except UserError:
-        raise
-    except Exception as e:  # truncated, not a torch file, ...
-        raise UserError(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}); "
-                        "is it a complete published checkpoint file?") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=RESTRICTED_PICKLE)
     except ForbiddenGlobal as e:
@@ -114,7 +121,13 @@ def read_published_file(path) -> Tuple[str, "OrderedDict[str, torch.Tensor]"]:
     if not isinstance(obj, nn.Module):
         raise UserError(f"{path} holds a pickled {type(obj).__name__}, not a module or a state_dict; "
                         "is it a published CEM checkpoint file?")
-    return "module", OrderedDict(obj.state_dict())
+    try:  # stand-ins have no code, but a crafted module tree can still make state_dict() fail
+        tensors = OrderedDict(obj.state_dict())
+    except Exception as e:
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        raise UserError(f"{path} holds a malformed pickled module ({type(e).__name__}: {why}); "
+                        "is it a published CEM checkpoint file?") from None
+    return "module", _finite_only(_tensors_only(tensors, path), path)
 
 
 def detect_variant(kind: str, encoder: "OrderedDict[str, torch.Tensor]") -> Tuple[str, str]:
