@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument_group("attack")
     a.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
     a.add_argument("--gan_AE_type", default="res_normN8C64",
-                   help="attack decoder: res_normN{blocks}C{channels} or conv_normN{N}C{C} (default: %(default)s)")
+                   help="attack decoder: res_normN{blocks}C{channels} (the published decoder), "
+                        "res_normN{N}C{C}_v0 (this project's earlier one) or conv_normN{N}C{C} (default: %(default)s)")
     a.add_argument("--attack_modes", default="train_time,infer_time",
                    help="comma list: train_time (attacker has the training images), infer_time (attacker has "
                         "90%% of the test set, scored on the rest) (default: %(default)s)")

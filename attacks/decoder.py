@@ -162,7 +162,7 @@ def save_decoder(model: nn.Module, path, **extra) -> Path:
     """A trained decoder with what is needed to rebuild it: architecture name and feature shape."""
     path = Path(path)
     torch_save_atomic({"arch": model.name, "feature_shape": list(model.feature_shape),
-                       "image_size": model.image_size, "out_channels": model.head.out_channels,
+                       "image_size": model.image_size, "out_channels": model.out_channels,
                        "state_dict": model.state_dict(), **extra}, path)
     return path
 

@@ -105,13 +105,13 @@ def test_gan_adv_run_resumes_exactly(tmp_path):
 
 def test_decoder_attack_on_a_dropout_run_sees_dropped_out_features(tmp_path, monkeypatch):
     seen = []
-    original = decoders.Decoder.forward
+    original = decoders.ResNormDecoder.forward  # the class res_normN{N}C{C} builds
 
     def spy(self, z):
         seen.append((z == 0).float().mean().item())
         return original(self, z)
 
-    monkeypatch.setattr(decoders.Decoder, "forward", spy)
+    monkeypatch.setattr(decoders.ResNormDecoder, "forward", spy)
     cfg = _cfg(tmp_path, filename="drop", num_epochs=1, AT_regularization="dropout0.5", AT_regularization_strength=1.0,
                regularization="Gaussian_kl", regularization_strength=0.05, no_attack=False, attack_epochs=1,
                gan_AE_type="res_normN0C8", attack_modes="infer_time")
