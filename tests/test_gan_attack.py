@@ -20,13 +20,42 @@ TINY = {"gan_AE_type": "res_normN0C8", "gan_epochs": 1, "gan_batch_size": 32, "a
         "attacks": "gan", "progress": False, "device": "cpu"}
 
 
-@pytest.mark.parametrize("size", [32, 48, 64])
+@pytest.mark.parametrize("size,patches", [(32, 1), (48, 9), (64, 25), (9, 1), (20, 1)])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_critic_one_scalar_per_image(size, channels):
+def test_critic_scores_patches_like_the_published_one(size, channels, patches):
+    """One score per image at 32 px (and, with a smaller last kernel, below), 9 and 25 at 48 and 64 px."""
     critic = build_critic(channels, size)
     out = critic(torch.rand(5, channels, size, size))
-    assert out.shape == (5,) and torch.isfinite(out).all()
+    assert out.shape == (5, patches) and torch.isfinite(out).all()
     assert sum(isinstance(m, nn.InstanceNorm2d) and m.affine for m in critic.modules()) == 2
+    assert sum(p.numel() for p in critic.parameters()) == 1034113 - (3 - channels) * 64 * 25 - \
+        (256 * 16 - 256 * critic.layer4.kernel_size[0] ** 2)
+
+
+def test_critic_refuses_images_too_small_for_instance_norm():
+    with pytest.raises(UserError, match="at least 9 pixels"):
+        build_critic(3, 8)
+
+
+def test_critic_loss_is_the_published_objective_for_patch_critics():
+    """Mean over every patch score; gradient penalty on each image's summed scores (ones as grad_outputs)."""
+    torch.manual_seed(0)
+    critic = build_critic(3, 48)
+    real, fake = torch.rand(4, 3, 48, 48), torch.rand(4, 3, 48, 48)
+    torch.manual_seed(1)
+    ours = critic_loss(critic, real, fake)
+    torch.manual_seed(1)
+    alpha = 1 - torch.rand(4, 1, 1, 1)  # our weight goes on the real image, theirs on the fake: same law
+    x_hat = (real + alpha * (fake - real)).requires_grad_(True)  # the published interpolation
+    o = critic(x_hat).view(-1)
+    (g,) = torch.autograd.grad(o, x_hat, grad_outputs=torch.ones_like(o))
+    gp = ((g.view(4, -1).norm(dim=1) - 1) ** 2).mean()
+    published = -(critic(real).view(-1).mean() - critic(fake).view(-1).mean()) + 10 * gp
+    assert torch.allclose(ours, published, rtol=1e-5)
+    # a critic that averaged its patches per image would change the penalty: the check can fail
+    mean_critic = lambda x: critic(x).mean(1)
+    torch.manual_seed(1)
+    assert not torch.allclose(critic_loss(mean_critic, real, fake), published, rtol=1e-3)
 
 
 def test_gradient_penalty_zero_for_unit_norm_gradient():

@@ -1,4 +1,4 @@
-"""Our attack networks equal the published ones (golden_decoder_*.json).
+"""Our attack networks equal the published ones (golden_decoder_*.json, golden_critic_*.json).
 
 Each fixture lists the published state-dict keys and shapes; weights come from the documented seeded
 rule in that order, then the input from the same generator (torch.rand). The state dict loads strictly
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from architectures.decoders import build_decoder
+from architectures.discriminators import build_critic
 from conftest import SHARED_DATA
 from tools.official_layout import LAYOUT_DIR, seeded_state
 
@@ -21,6 +22,7 @@ DECODERS = ["golden_decoder_res_normN8C64_in8x8x8_out32",     # default attack d
             "golden_decoder_res_normN8C64_in8x12x12_out48",   # FaceScrub
             "golden_decoder_res_normN8C64_in8x16x16_out64",   # TinyImageNet
             "golden_decoder_res_normN4C64_in8x8x8_out32"]     # gan_adv's defender decoder
+CRITICS = ["golden_critic_DGWGAN32_32px", "golden_critic_DGWGAN32_48px", "golden_critic_DGWGAN32_64px"]
 
 
 def fixture(name: str) -> dict:
@@ -43,7 +45,7 @@ def check_outputs(module, x, golden):
     want_train = torch.tensor(golden["y_train_mode"]).view(golden["output_shape"])
     with torch.no_grad():
         module.eval()
-        y_eval = module(x).reshape(golden["output_shape"])
+        y_eval = module(x).reshape(golden["output_shape"])  # the published critic flattens (B, P) to B*P
         module.train()
         y_train = module(x).reshape(golden["output_shape"])
     assert torch.allclose(y_eval, want_eval, rtol=1e-4, atol=1e-5), \
@@ -80,3 +82,18 @@ def test_eval_and_train_mode_differ_in_the_decoder_fixture():
     golden = fixture(DECODERS[0])
     diff = (torch.tensor(golden["y_eval"]) - torch.tensor(golden["y_train_mode"])).abs().max()
     assert diff > 1e-2
+
+
+@pytest.mark.parametrize("name", CRITICS)
+def test_critic_matches_published(name):
+    golden = fixture(name)
+    _, c, size, _ = golden["input_shape"]
+    critic = build_critic(c, size)
+    assert sum(p.numel() for p in critic.parameters()) == golden["num_params"]
+    state, x = published_weights_and_input(golden)
+    assert list(critic.state_dict()) == list(state)
+    critic.load_state_dict(state, strict=True)
+    out = critic(x)
+    patches = golden["output_shape"][0] // golden["input_shape"][0]
+    assert out.shape == (golden["input_shape"][0], patches) and critic.n_patches == patches
+    check_outputs(critic, x, golden)
