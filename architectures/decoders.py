@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -198,3 +198,18 @@ def build_decoder(name: str, feature_shape: Sequence[int], image_size: int, out_
         return ResNormDecoder(n, c, shape, int(image_size), out_channels)
     return Decoder(kind.replace("_v0", ""), n, c, shape, int(image_size), out_channels)
 
+
+def state_mismatch(module: nn.Module, state: dict) -> Optional[str]:
+    """None when `state` loads strictly into `module`, else the first difference in a few words.
+
+    Checked before loading because a failed strict load has already copied the matching tensors."""
+    ours = module.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    if missing or unexpected:
+        return (f"{len(missing)} missing / {len(unexpected)} unexpected tensors (first: "
+                f"'{(missing or unexpected)[0]}')")
+    for k, v in ours.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            return f"'{k}' is {tuple(state[k].shape)}, not {tuple(v.shape)}"
+    return None

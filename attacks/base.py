@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from architectures.decoders import state_mismatch
 from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
 from utils import UserError, normalize, torch_save_atomic
 
@@ -248,6 +249,11 @@ class TrainedAttack(Attack):
     def load_training_state(self, state: dict) -> None:
         pass
 
+    def checkpoint_mismatch(self, ck: dict) -> Optional[str]:
+        """Why checkpoint `ck` cannot load into the networks built now (None when it can); attacks that
+        train more networks than self.model add theirs."""
+        return state_mismatch(self.model, ck["model"])
+
     def epochs_done(self) -> int:
         return self.done
 
@@ -323,6 +329,10 @@ class TrainedAttack(Attack):
             return None
         if ck.get("settings") != self.settings():
             self.log(f"note: attack checkpoint {path} was made with other settings; starting over")
+            return None
+        why = self.checkpoint_mismatch(ck)
+        if why:  # same settings, other network design (made before a decoder or critic changed)
+            self.log(f"note: attack checkpoint {path} holds networks of another design ({why}); starting over")
             return None
         self.model.load_state_dict(ck["model"])
         self.load_training_state(ck["training"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from architectures.decoders import build_decoder
+from architectures.decoders import build_decoder, state_mismatch
 from attacks.base import Context, TrainedAttack
 from capture import StepCapture, capture_enabled
 from utils import UserError, torch_save_atomic
@@ -168,8 +168,15 @@ def save_decoder(model: nn.Module, path, **extra) -> Path:
 
 
 def load_decoder(path, device="cpu") -> nn.Module:
-    """Rebuild a decoder saved by `save_decoder` and load it strictly."""
+    """Rebuild a decoder saved by `save_decoder` and load it strictly.
+
+    A file whose tensors do not fit its recorded name is one UserError line: decoders saved before
+    `res_normN{N}C{C}` became the published decoder hold that name with the earlier design's tensors."""
     ck = torch.load(path, map_location=device, weights_only=False)
     model = build_decoder(ck["arch"], ck["feature_shape"], ck["image_size"], ck["out_channels"])
+    why = state_mismatch(model, ck["state_dict"])
+    if why:
+        raise UserError(f"saved decoder {path} does not fit today's {ck['arch']} ({why}); it was probably "
+                        f"written with the earlier design ({ck['arch']}_v0): rerun the decoder attack")
     model.load_state_dict(ck["state_dict"], strict=True)
     return model.to(device).eval()

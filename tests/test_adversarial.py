@@ -9,6 +9,7 @@ import model_training
 from defenses.adversarial import AdversarialTraining
 from experiment import run_experiment
 from main_MIA import build_parser
+from utils import UserError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -25,6 +26,16 @@ def _setup(seed=0, **kw):
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_resuming_with_an_old_design_defender_decoder_is_one_user_error():
+    """A run checkpointed before res_normN{N}C{C} became the published decoder cannot resume exactly."""
+    adv, *_ = _setup()
+    old = AdversarialTraining(1.0, 1, (8, 4, 4), 16, MEAN, STD, decoder="res_normN0C16_v0")
+    state = {**adv.state_dict(), "decoder": old.state_dict()["decoder"]}
+    with pytest.raises(UserError, match="gan_adv defender decoder.*--force"):
+        adv.load_state_dict(state)
+    adv.load_state_dict(adv.state_dict())  # its own state still loads
 
 
 def test_images_undo_the_normalisation():

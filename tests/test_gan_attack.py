@@ -119,6 +119,49 @@ def test_generator_starts_as_the_saved_decoder(tmp_path):
     assert "from scratch" in logs[-1] and other.settings()["init_from"] == "scratch"
 
 
+def _old_design_decoder_file(path):
+    """A decoder saved before res_normN{N}C{C} became the published one: the name, the earlier tensors."""
+    torch.manual_seed(0)
+    save_decoder(build_decoder("res_normN1C8_v0", (8, 8, 8), 32), path)
+    ck = torch.load(path, weights_only=False)
+    ck["arch"] = "res_normN1C8"
+    torch.save(ck, path)
+    return path
+
+
+def test_generator_from_scratch_when_the_saved_decoder_has_the_old_design(tmp_path):
+    path = _old_design_decoder_file(tmp_path / "decoder_train_time.pt")
+    logs = []
+    attack = GANAttack("res_normN1C8", epochs=1, init_from=path, log=logs.append)
+    attack.build(_ctx((8, 8, 8)))
+    assert "from scratch" in logs[-1] and "rerun the decoder attack" in logs[-1] and "\n" not in logs[-1]
+    assert attack.settings()["init_from"] == "scratch"
+    assert attack.model.state_dict().keys() == build_decoder("res_normN1C8", (8, 8, 8), 32).state_dict().keys()
+
+
+def test_loading_an_old_design_decoder_is_one_user_error(tmp_path):
+    path = _old_design_decoder_file(tmp_path / "decoder_train_time.pt")
+    with pytest.raises(UserError, match="res_normN1C8_v0.*rerun the decoder attack"):
+        load_decoder(path)
+    ck = torch.load(path, weights_only=False)
+    ck["arch"] = "res_normN1C8_v0"  # under its own name the old design still loads
+    torch.save(ck, path)
+    assert load_decoder(path).name == "res_normN1C8_v0"
+
+
+def test_gan_checkpoint_with_the_old_critic_starts_over(tmp_path):
+    logs = []
+    attack = GANAttack("res_normN1C8", epochs=2, checkpoint_path=tmp_path / "gan.ckpt.pt", log=logs.append)
+    attack.build(_ctx((8, 8, 8)))
+    old_critic = {"features.0.weight": torch.zeros(64, 3, 5, 5), "head.weight": torch.zeros(1, 4096)}
+    torch.save({"settings": attack.settings(), "epoch": 1, "model": attack.model.state_dict(),
+                "training": {**attack.training_state(), "critic": old_critic}}, tmp_path / "gan.ckpt.pt")
+    before = {k: v.clone() for k, v in attack.critic.state_dict().items()}
+    assert attack._resume(torch.Generator()) is None
+    assert "another design" in logs[-1] and "starting over" in logs[-1]
+    assert all(torch.equal(before[k], v) for k, v in attack.critic.state_dict().items())
+
+
 @pytest.mark.parametrize("cut,shape", [(3, (8, 16, 16)), (4, (8, 8, 8))])
 def test_runs_attacked_with_their_own_shapes(tmp_path, cut, shape):
     run = make_run(tmp_path, cutlayer=cut, bottleneck="noRELU_C8S1", limit_train=48, limit_test=20)
