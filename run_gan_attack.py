@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list: train_time (the paper's GAN attacker: the defender's training images), "
                         "infer_time (default: %(default)s)")
     p.add_argument("--gan_AE_type", default=None,
-                   help="generator architecture, res_normN{N}C{C} or conv_normN{N}C{C} (default: the run's "
+                   help="generator architecture, res_normN{N}C{C} (published), res_normN{N}C{C}_v0 or "
+                        "conv_normN{N}C{C} (default: the run's "
                         "--gan_AE_type, res_normN8C64)")
     add_gan_flags(p)
     p.add_argument("--data_root", default=None, help="dataset folder (default: the one the run was trained with)")

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from architectures.decoders import state_mismatch
 from attacks.metrics import concat_metrics, metrics_in_batches, per_image_metrics, summarize
 from utils import UserError, load_checkpoint, normalize, torch_save_atomic
 
@@ -249,6 +250,11 @@ class TrainedAttack(Attack):
     def load_training_state(self, state: dict) -> None:
         pass
 
+    def checkpoint_mismatch(self, ck: dict) -> Optional[str]:
+        """Why checkpoint `ck` cannot load into the networks built now (None when it can); attacks that
+        train more networks than self.model add theirs."""
+        return state_mismatch(self.model, ck["model"])
+
     def epochs_done(self) -> int:
         return self.done
 
@@ -325,6 +331,10 @@ class TrainedAttack(Attack):
             self.log(f"note: attack checkpoint {path} was made with other settings; starting over")
             return None
         try:  # settings match, so anything missing or misshapen means the file was altered
+            why = self.checkpoint_mismatch(ck)
+            if why:  # same settings, other network design (made before a decoder or critic changed)
+                self.log(f"note: attack checkpoint {path} holds networks of another design ({why}); starting over")
+                return None
             self.model.load_state_dict(ck["model"])
             self.load_training_state(ck["training"])
             gen.set_state(ck["gen"].cpu())  # map_location moved them; generator states live on the CPU

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from accel.capture import StepCapture, capture_enabled
-from architectures.decoders import build_decoder
+from architectures.decoders import build_decoder, state_mismatch
 from attacks.base import Context, TrainedAttack
 from utils import UserError, load_checkpoint, torch_save_atomic
 
@@ -162,14 +162,21 @@ def save_decoder(model: nn.Module, path, **extra) -> Path:
     """A trained decoder with what is needed to rebuild it: architecture name and feature shape."""
     path = Path(path)
     torch_save_atomic({"arch": model.name, "feature_shape": list(model.feature_shape),
-                       "image_size": model.image_size, "out_channels": model.head.out_channels,
+                       "image_size": model.image_size, "out_channels": model.out_channels,
                        "state_dict": model.state_dict(), **extra}, path)
     return path
 
 
 def load_decoder(path, device="cpu") -> nn.Module:
-    """Rebuild a decoder saved by `save_decoder` and load it strictly."""
+    """Rebuild a decoder saved by `save_decoder` and load it strictly.
+
+    A file whose tensors do not fit its recorded name is one UserError line: decoders saved before
+    `res_normN{N}C{C}` became the published decoder hold that name with the earlier design's tensors."""
     ck = load_checkpoint(path, device)
     model = build_decoder(ck["arch"], ck["feature_shape"], ck["image_size"], ck["out_channels"])
+    why = state_mismatch(model, ck["state_dict"])
+    if why:
+        raise UserError(f"saved decoder {path} does not fit today's {ck['arch']} ({why}); it was probably "
+                        f"written with the earlier design ({ck['arch']}_v0): rerun the decoder attack")
     model.load_state_dict(ck["state_dict"], strict=True)
     return model.to(device).eval()

@@ -16,7 +16,8 @@ DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "atta
 def add_decoder_flags(group) -> None:
     group.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
     group.add_argument("--gan_AE_type", default="res_normN8C64",
-                       help="attack decoder: res_normN{blocks}C{channels} or conv_normN{N}C{C} "
+                       help="attack decoder: res_normN{blocks}C{channels} (the published decoder), "
+                            "res_normN{N}C{C}_v0 (this project's earlier one) or conv_normN{N}C{C} "
                             "(default: %(default)s)")
 
 

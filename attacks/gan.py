@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from architectures.decoders import build_decoder
+from architectures.decoders import build_decoder, state_mismatch
 from architectures.discriminators import build_critic
 from attacks.base import Context, TrainedAttack, to_unit
 from utils import UserError, load_checkpoint
@@ -80,10 +80,15 @@ class GANAttack(TrainedAttack):
                      f"features {tuple(found[1])}, not {wanted[0]} for {tuple(wanted[1])})")
             return gen
         try:
-            gen.load_state_dict(ck["state_dict"], strict=True)
-        except (KeyError, TypeError, RuntimeError) as e:  # its record matches, so the weights were altered
+            why = state_mismatch(gen, ck["state_dict"])
+        except (KeyError, TypeError, AttributeError) as e:  # its record matches, so the file was altered
             raise UserError(f"saved decoder {path} does not hold the weights of a {self.generator} "
                             f"({type(e).__name__}); {fix}") from None
+        if why:  # e.g. a decoder saved before res_normN{N}C{C} became the published decoder
+            self.log(f"GAN generator {self.generator}: from scratch (saved decoder {path} does not fit today's "
+                     f"{self.generator}: {why}; rerun the decoder attack to warm-start from it)")
+            return gen
+        gen.load_state_dict(ck["state_dict"], strict=True)
         self.initialised_from = str(path.name)
         self.log(f"GAN generator {self.generator}: initialised from the saved decoder {path}")
         return gen
@@ -101,6 +106,9 @@ class GANAttack(TrainedAttack):
     def training_state(self) -> dict:
         return {"critic": self.critic.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(), "step": self.step}
+
+    def checkpoint_mismatch(self, ck: dict) -> Optional[str]:
+        return super().checkpoint_mismatch(ck) or state_mismatch(self.critic, ck["training"]["critic"])
 
     def load_training_state(self, state: dict) -> None:
         self.critic.load_state_dict(state["critic"])

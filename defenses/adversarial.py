@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from architectures.decoders import build_decoder
+from architectures.decoders import build_decoder, state_mismatch
 from attacks.metrics import ssim_paper
 from defenses.base import Defense
 from defenses.registry import register_at
@@ -132,6 +132,10 @@ class AdversarialTraining(Defense):
                 "optimizer": self.opt.state_dict(), "pretrained": self.pretrained}
 
     def load_state_dict(self, state):
+        why = state_mismatch(self.decoder, state["decoder"])
+        if why:  # e.g. a run checkpointed before res_normN{N}C{C} became the published decoder
+            raise UserError(f"the checkpoint's gan_adv defender decoder does not fit today's {self.decoder.name} "
+                            f"({why}); it cannot resume: use --force to train the run again")
         self.decoder.load_state_dict(state["decoder"])
         self.opt.load_state_dict(state["optimizer"])  # Adam moves its state to the parameters' device
         self.pretrained = bool(state["pretrained"])

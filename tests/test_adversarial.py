@@ -8,6 +8,7 @@ import architectures.decoders as decoders
 from defenses.adversarial import AdversarialTraining
 from lifecycle.experiment import run_experiment
 from main_MIA import build_parser
+from utils import UserError
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -24,6 +25,16 @@ def _setup(seed=0, **kw):
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_resuming_with_an_old_design_defender_decoder_is_one_user_error():
+    """A run checkpointed before res_normN{N}C{C} became the published decoder cannot resume exactly."""
+    adv, *_ = _setup()
+    old = AdversarialTraining(1.0, 1, (8, 4, 4), 16, MEAN, STD, decoder="res_normN0C16_v0")
+    state = {**adv.state_dict(), "decoder": old.state_dict()["decoder"]}
+    with pytest.raises(UserError, match="gan_adv defender decoder.*--force"):
+        adv.load_state_dict(state)
+    adv.load_state_dict(adv.state_dict())  # its own state still loads
 
 
 def test_images_undo_the_normalisation():
@@ -104,13 +115,13 @@ def test_gan_adv_run_resumes_exactly(tmp_path):
 
 def test_decoder_attack_on_a_dropout_run_sees_dropped_out_features(tmp_path, monkeypatch):
     seen = []
-    original = decoders.Decoder.forward
+    original = decoders.ResNormDecoder.forward  # the class res_normN{N}C{C} builds
 
     def spy(self, z):
         seen.append((z == 0).float().mean().item())
         return original(self, z)
 
-    monkeypatch.setattr(decoders.Decoder, "forward", spy)
+    monkeypatch.setattr(decoders.ResNormDecoder, "forward", spy)
     cfg = _cfg(tmp_path, filename="drop", num_epochs=1, AT_regularization="dropout0.5", AT_regularization_strength=1.0,
                regularization="Gaussian_kl", regularization_strength=0.05, no_attack=False, attack_epochs=1,
                gan_AE_type="res_normN0C8", attack_modes="infer_time")

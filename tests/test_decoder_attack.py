@@ -60,8 +60,28 @@ def test_default_decoder_and_upsampling_count():
     assert dec(torch.randn(2, 16, 32, 32)).shape == (2, 1, 32, 32)
 
 
+@pytest.mark.parametrize("name,feature_shape,size,n_up,params", [
+    ("res_normN8C64", (8, 8, 8), 32, 2, 711539),      # the published default attack decoder
+    ("res_normN4C64", (8, 8, 8), 32, 2, 415091),      # the published gan_adv defender decoder
+    ("res_normN8C64", (8, 16, 16), 32, 1, 748595),    # cut 3: one upsampling from the true 16x16 features
+    ("res_normN8C64_v0", (8, 8, 8), 32, 2, 672323),   # this project's earlier design
+    ("res_normN4C64_v0", (8, 8, 8), 32, 2, 376387)])
+def test_decoder_sizes_and_upsampling_from_the_true_feature_size(name, feature_shape, size, n_up, params):
+    dec = build_decoder(name, feature_shape, size)
+    assert dec.name == name and dec.n_up == n_up
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in dec.modules()) == n_up
+    assert sum(p.numel() for p in dec.parameters()) == params
+
+
+def test_published_and_v0_decoders_keep_distinct_state_dicts():
+    new, old = build_decoder("res_normN1C8", (8, 8, 8), 32), build_decoder("res_normN1C8_v0", (8, 8, 8), 32)
+    assert all(k.startswith("m.") for k in new.state_dict())
+    assert not set(new.state_dict()) & set(old.state_dict())
+
+
 @pytest.mark.parametrize("bad", ["", "res_norm", "res_normN8", "res_normN8C0", "vgg11", "res_normNxC64",
-                                 "RES_normN8C64", "res_normN8C64 "])
+                                 "RES_normN8C64", "res_normN8C64 ", "conv_normN8C64_v0", "res_normN8C64_v1",
+                                 "res_normN8C0_v0"])
 def test_bad_decoder_names(bad):
     with pytest.raises(UserError, match="res_normN"):
         build_decoder(bad, (8, 8, 8), 32)

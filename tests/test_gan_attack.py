@@ -20,13 +20,42 @@ TINY = {"gan_AE_type": "res_normN0C8", "gan_epochs": 1, "gan_batch_size": 32, "a
         "attacks": "gan", "progress": False, "device": "cpu"}
 
 
-@pytest.mark.parametrize("size", [32, 48, 64])
+@pytest.mark.parametrize("size,patches", [(32, 1), (48, 9), (64, 25), (9, 1), (20, 1)])
 @pytest.mark.parametrize("channels", [3, 1])
-def test_critic_one_scalar_per_image(size, channels):
+def test_critic_scores_patches_like_the_published_one(size, channels, patches):
+    """One score per image at 32 px (and, with a smaller last kernel, below), 9 and 25 at 48 and 64 px."""
     critic = build_critic(channels, size)
     out = critic(torch.rand(5, channels, size, size))
-    assert out.shape == (5,) and torch.isfinite(out).all()
+    assert out.shape == (5, patches) and torch.isfinite(out).all()
     assert sum(isinstance(m, nn.InstanceNorm2d) and m.affine for m in critic.modules()) == 2
+    assert sum(p.numel() for p in critic.parameters()) == 1034113 - (3 - channels) * 64 * 25 - \
+        (256 * 16 - 256 * critic.layer4.kernel_size[0] ** 2)
+
+
+def test_critic_refuses_images_too_small_for_instance_norm():
+    with pytest.raises(UserError, match="at least 9 pixels"):
+        build_critic(3, 8)
+
+
+def test_critic_loss_is_the_published_objective_for_patch_critics():
+    """Mean over every patch score; gradient penalty on each image's summed scores (ones as grad_outputs)."""
+    torch.manual_seed(0)
+    critic = build_critic(3, 48)
+    real, fake = torch.rand(4, 3, 48, 48), torch.rand(4, 3, 48, 48)
+    torch.manual_seed(1)
+    ours = critic_loss(critic, real, fake)
+    torch.manual_seed(1)
+    alpha = 1 - torch.rand(4, 1, 1, 1)  # our weight goes on the real image, theirs on the fake: same law
+    x_hat = (real + alpha * (fake - real)).requires_grad_(True)  # the published interpolation
+    o = critic(x_hat).view(-1)
+    (g,) = torch.autograd.grad(o, x_hat, grad_outputs=torch.ones_like(o))
+    gp = ((g.view(4, -1).norm(dim=1) - 1) ** 2).mean()
+    published = -(critic(real).view(-1).mean() - critic(fake).view(-1).mean()) + 10 * gp
+    assert torch.allclose(ours, published, rtol=1e-5)
+    # a critic that averaged its patches per image would change the penalty: the check can fail
+    mean_critic = lambda x: critic(x).mean(1)
+    torch.manual_seed(1)
+    assert not torch.allclose(critic_loss(mean_critic, real, fake), published, rtol=1e-3)
 
 
 def test_gradient_penalty_zero_for_unit_norm_gradient():
@@ -88,6 +117,49 @@ def test_generator_starts_as_the_saved_decoder(tmp_path):
     other = GANAttack("res_normN2C8", epochs=1, init_from=tmp_path / "decoder_train_time.pt", log=logs.append)
     other.build(_ctx((8, 8, 8)))
     assert "from scratch" in logs[-1] and other.settings()["init_from"] == "scratch"
+
+
+def _old_design_decoder_file(path):
+    """A decoder saved before res_normN{N}C{C} became the published one: the name, the earlier tensors."""
+    torch.manual_seed(0)
+    save_decoder(build_decoder("res_normN1C8_v0", (8, 8, 8), 32), path)
+    ck = torch.load(path, weights_only=False)
+    ck["arch"] = "res_normN1C8"
+    torch.save(ck, path)
+    return path
+
+
+def test_generator_from_scratch_when_the_saved_decoder_has_the_old_design(tmp_path):
+    path = _old_design_decoder_file(tmp_path / "decoder_train_time.pt")
+    logs = []
+    attack = GANAttack("res_normN1C8", epochs=1, init_from=path, log=logs.append)
+    attack.build(_ctx((8, 8, 8)))
+    assert "from scratch" in logs[-1] and "rerun the decoder attack" in logs[-1] and "\n" not in logs[-1]
+    assert attack.settings()["init_from"] == "scratch"
+    assert attack.model.state_dict().keys() == build_decoder("res_normN1C8", (8, 8, 8), 32).state_dict().keys()
+
+
+def test_loading_an_old_design_decoder_is_one_user_error(tmp_path):
+    path = _old_design_decoder_file(tmp_path / "decoder_train_time.pt")
+    with pytest.raises(UserError, match="res_normN1C8_v0.*rerun the decoder attack"):
+        load_decoder(path)
+    ck = torch.load(path, weights_only=False)
+    ck["arch"] = "res_normN1C8_v0"  # under its own name the old design still loads
+    torch.save(ck, path)
+    assert load_decoder(path).name == "res_normN1C8_v0"
+
+
+def test_gan_checkpoint_with_the_old_critic_starts_over(tmp_path):
+    logs = []
+    attack = GANAttack("res_normN1C8", epochs=2, checkpoint_path=tmp_path / "gan.ckpt.pt", log=logs.append)
+    attack.build(_ctx((8, 8, 8)))
+    old_critic = {"features.0.weight": torch.zeros(64, 3, 5, 5), "head.weight": torch.zeros(1, 4096)}
+    torch.save({"settings": attack.settings(), "epoch": 1, "model": attack.model.state_dict(),
+                "training": {**attack.training_state(), "critic": old_critic}}, tmp_path / "gan.ckpt.pt")
+    before = {k: v.clone() for k, v in attack.critic.state_dict().items()}
+    assert attack._resume(torch.Generator()) is None
+    assert "another design" in logs[-1] and "starting over" in logs[-1]
+    assert all(torch.equal(before[k], v) for k, v in attack.critic.state_dict().items())
 
 
 @pytest.mark.parametrize("cut,shape", [(3, (8, 16, 16)), (4, (8, 8, 8))])

@@ -49,29 +49,33 @@ def _is_bn_weight(key: str, shape: tuple, names: set) -> bool:
     return key[:key.rfind(".") + 1] + "running_mean" in names
 
 
+def seeded_state(keys: List[Tuple[str, tuple]], g: torch.Generator) -> "OrderedDict[str, torch.Tensor]":
+    """The golden fixtures' documented weight rule for one key list, drawing from `g` in key order."""
+    names = {k for k, _ in keys}
+    sd = OrderedDict()
+    for k, shape in keys:
+        shape = tuple(shape)
+        if k.endswith("num_batches_tracked"):
+            t = torch.tensor(0)
+        elif k.endswith("running_var"):
+            t = torch.rand(shape, generator=g) + 0.5
+        elif k.endswith("running_mean"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif (k.endswith(".weight") or k == "weight") and len(shape) >= 2:
+            t = torch.randn(shape, generator=g) * (1.0 / math.sqrt(math.prod(shape[1:])))
+        else:
+            t = 0.1 * torch.randn(shape, generator=g)
+            if _is_bn_weight(k, shape, names):
+                t = t + 1.0
+        sd[k] = t
+    return sd
+
+
 def generate_weights(layout: dict) -> Tuple[Dict[str, "OrderedDict[str, torch.Tensor]"], torch.Tensor]:
     """The golden fixtures' documented weight rule: state_dicts per file stem, then the input batch x."""
     g = torch.Generator().manual_seed(0)
     keys = layout_keys(layout)
-    files = {}
-    for stem, _ in PARTS:
-        names = {k for k, _ in keys[stem]}
-        sd = OrderedDict()
-        for k, shape in keys[stem]:
-            if k.endswith("num_batches_tracked"):
-                t = torch.tensor(0)
-            elif k.endswith("running_var"):
-                t = torch.rand(shape, generator=g) + 0.5
-            elif k.endswith("running_mean"):
-                t = 0.1 * torch.randn(shape, generator=g)
-            elif (k.endswith(".weight") or k == "weight") and len(shape) >= 2:
-                t = torch.randn(shape, generator=g) * (1.0 / math.sqrt(math.prod(shape[1:])))
-            else:
-                t = 0.1 * torch.randn(shape, generator=g)
-                if _is_bn_weight(k, shape, names):
-                    t = t + 1.0
-            sd[k] = t
-        files[stem] = sd
+    files = {stem: seeded_state(keys[stem], g) for stem, _ in PARTS}
     h = int(layout["settings"]["image_size"])
     x = torch.randn(4, 3, h, h, generator=g)
     return files, x
