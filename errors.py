@@ -31,3 +31,15 @@ class OutOfSpace(Exception):
         where = f" holding {os.path.dirname(path)} while writing {os.path.basename(path)}" if path else ""
         return cls(f"no space left on the device{where}; nothing saved earlier was overwritten: free space, "
                    "then rerun the same command (add --resume to continue training)")
+
+
+class NotStrictJSON(ValueError):
+    """A run file holds NaN or ±Infinity. Python's json reads them, but this project never writes them
+    (utils.write_json stores null and names the value under `non_finite`), so such a file was made or
+    edited by something else and its numbers are not what a run recorded."""
+
+
+def reject_non_finite(token: str):
+    """json.load's parse_constant hook: called for the bare words NaN, Infinity and -Infinity."""
+    raise NotStrictJSON(f"holds a bare {token}, which is not JSON (this project writes null for a "
+                        "non-finite number)")

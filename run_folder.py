@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from errors import UserError
+from errors import UserError, reject_non_finite
 from run_identity import attack_results_missing, identity, identity_differences
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
@@ -20,7 +20,7 @@ TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-wr
 def _read_json(path: Path, what: str) -> dict:
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = json.load(f, parse_constant=reject_non_finite)  # NaN: not written by this project
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:

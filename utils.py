@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from errors import OutOfSpace, RunFailed, UserError  # noqa: F401  (re-exported: `from utils import UserError`)
+from errors import reject_non_finite
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +120,9 @@ def _json_default(o):
 
 
 def read_json(path: str | Path) -> Any:
+    """Strict, as write_json writes: a bare NaN or Infinity raises errors.NotStrictJSON (a ValueError)."""
     with open(path) as f:
-        return json.load(f)
+        return json.load(f, parse_constant=reject_non_finite)
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:

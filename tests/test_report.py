@@ -183,3 +183,18 @@ def test_cem_gain_table_per_defence(tmp_path, capsys):
     with open(root / "results.csv") as f:
         got = {(r["defense"], r["lambd"]) for r in csv.DictReader(f)}
     assert ("dropout0.2", "16.0") in got and ("None", "0.0") in got
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_a_metrics_file_holding_nan_is_named_not_read(word, tmp_path, capsys):
+    # Python's json reads a bare NaN; this project never writes one (utils.write_json stores null).
+    root = tmp_path / "runs"
+    write(root, "good", metrics(0.05, 0.0))
+    bad = json.dumps(metrics(0.05, 16.0)).replace(f'"mse_mean": {mse_of(0.05, 16.0)}', f'"mse_mean": {word}')
+    assert word in bad
+    path = write(root, "bad", bad)
+    assert report.main([str(root)]) == 0
+    err = [l for l in capsys.readouterr().err.splitlines() if str(path) in l]
+    assert len(err) == 1 and f"bare {word}" in err[0] and "not JSON" in err[0], err
+    with open(root / "results.csv", newline="") as f:
+        assert [r["filename"] for r in csv.DictReader(f)] == ["cifar10_sigma0.05_lambd0"]

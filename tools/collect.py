@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from errors import NotStrictJSON, reject_non_finite
 from run_identity import NOT_RESULT_KEYS
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
@@ -36,7 +37,10 @@ def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
     for path in sorted(Path(folder).rglob("metrics.json")):
         try:
             with open(path) as f:
-                data = json.load(f)
+                data = json.load(f, parse_constant=reject_non_finite)
+        except NotStrictJSON as e:
+            warnings.append(f"skipping {path}: {e}")
+            continue
         except (OSError, ValueError) as e:
             warnings.append(f"skipping {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
             continue

@@ -3,8 +3,8 @@
     python -m tools.report <folder> [--out DIR] [--attack decoder] [--mode train_time|infer_time]
                                     [--which final|best_heldout]
 
-Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones are skipped with a
-warning) and writes into --out (default <folder>):
+Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones, and ones holding
+NaN or Infinity, which is not JSON, are skipped with a warning) and writes into --out (default <folder>):
   results.csv   one row per run: configuration, test accuracy, mean/std MSE, SSIM, SSIM (library
                 convention), PSNR for every attack mode found (columns <attack>_<mode>_<metric>_<stat>,
                 taken from the --which decoder)
