@@ -57,7 +57,10 @@ which beats the dataset preset, which beats the built-in default):
   --data_root DIR              [DATA_ROOT]                                       (./data)
   --folder DIR                 results folder [FOLDER]                           (./runs/<dataset>)
   --device NAME                auto, cpu, cuda, cuda:N, mps [DEVICE]             (auto)
-  --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]
+  --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]; not those the options
+                               above set per configuration (--dataset, --cutlayer, --lambd,
+                               --regularization_strength, --AT_regularization[_strength], --random_seed):
+                               --extra "--lambd 3" is refused, put λ values in --lambdas
   --tag TEXT                   suffix for run names (names already differ when any setting does) [TAG]
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
   --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
@@ -199,6 +202,9 @@ safe_name() {
   printf '%s' "$d" | tr -c 'A-Za-z0-9._-' '_'
 }
 
+# main_MIA.py settings that run_exp.sh sets per configuration, with the option that sweeps (or sets) each.
+SWEPT="dataset:--datasets cutlayer:--cutlayers regularization_strength:--sigmas lambd:--lambdas
+AT_regularization:--defenses AT_regularization_strength:--at_strengths random_seed:--seed"
 NUM_RE='^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$'
 INT_RE='^[0-9]+$'
 validate() {
@@ -219,6 +225,13 @@ validate() {
     [[ $x =~ ^[A-Za-z0-9_.+-]+$ ]] || die "'$x' is not an --AT_regularization value (check --defenses)"
   done
   command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
+  # --extra is appended to every configuration and argparse keeps a flag's last value, so an --extra flag
+  # the sweep varies would make every configuration of that axis one and the same run.
+  if [[ -n ${EXTRA// /} && ${CHECKED_EXTRA-} != "$EXTRA" ]]; then
+    # shellcheck disable=SC2086  # EXTRA is a flag string meant to be split into words
+    x=$("$PYTHON" -m tools.extra_flags "$SWEPT" $EXTRA 2>&1) || die "${x##*$'\n'}"
+    CHECKED_EXTRA=$EXTRA
+  fi
   # Without this, a missing torch shows up as "CIFAR-10 could not be downloaded" and one failed run per config.
   if [[ $DRY_RUN != 1 && ${CHECKED_PYTHON-} != "$PYTHON" ]]; then
     "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1 ||
