@@ -277,6 +277,9 @@ def test_real_run_with_stand_in_main(tmp_path):
     assert "Summary: 4 done, 0 skipped (already finished), 2 failed, 0 interrupted" in r.stdout
     assert r.stdout.count("failed: ") == 2 and "lambd8" in r.stdout
     assert (folder / "results.md").exists() and (folder / "tradeoff.png").exists()
+    # after the report, the last word is why the two failed (each job's own last line here)
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 configurations failed: ")
+    assert r.stderr.strip().endswith(" and 1 more: exit 1, last output: simulated crash")
     assert "| σ=0.01 |" in r.stdout
     logs = sorted(p.name for p in folder.glob("*.log"))
     assert len(logs) == 6 and "simulated crash" in (folder / [n for n in logs if "lambd8" in n][0]).read_text()
