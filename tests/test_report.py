@@ -236,3 +236,21 @@ def test_a_metrics_file_holding_nan_is_named_not_read(word, tmp_path, capsys):
     assert len(err) == 1 and f"bare {word}" in err[0] and "not JSON" in err[0], err
     with open(root / "results.csv", newline="") as f:
         assert [r["filename"] for r in csv.DictReader(f)] == ["cifar10_sigma0.05_lambd0"]
+
+
+def test_copies_are_told_apart_by_identity_not_by_folder(tmp_path):
+    # What main_MIA.py records: a copy run on another device is the same run; another seed is not.
+    from main_MIA import build_parser
+    from run_identity import identity
+    from tools.collect import load_runs
+
+    root = tmp_path / "runs"
+    for name, seed, device in (("r", 125, "cpu"), ("r_gpu", 125, "cuda"), ("r_seed7", 7, "cpu")):
+        cfg = vars(build_parser().parse_args(["--filename", "r", "--random_seed", str(seed), "--device", device]))
+        write(root, name, {"status": "finished", "identity": identity(cfg), "config": cfg, "train": {"test_acc": 50.0},
+                           "attack": {"decoder": {"train_time": {"final": {"mse_mean": 0.1}}}}})
+    runs, warnings = load_runs(root)
+    assert sorted(Path(r["path"]).parent.name for r in runs) == ["r", "r_seed7"]
+    (note,) = [w for w in warnings if "counted once" in w]
+    assert "seed 125" in note and note.endswith(f"kept {root / 'r'} (named as its config records), "
+                                                f"not counted: {root / 'r_gpu'}")
