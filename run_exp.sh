@@ -57,7 +57,10 @@ which beats the dataset preset, which beats the built-in default):
   --data_root DIR              [DATA_ROOT]                                       (./data)
   --folder DIR                 results folder [FOLDER]                           (./runs/<dataset>)
   --device NAME                auto, cpu, cuda, cuda:N, mps [DEVICE]             (auto)
-  --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]
+  --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]; not those the options
+                               above set per configuration (--dataset, --cutlayer, --lambd,
+                               --regularization_strength, --AT_regularization[_strength], --random_seed):
+                               --extra "--lambd 3" is refused, put λ values in --lambdas
   --tag TEXT                   suffix for run names (names already differ when any setting does) [TAG]
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
   --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
@@ -83,6 +86,8 @@ which beats the dataset preset, which beats the built-in default):
 Presets: cifar10, cifar100, facescrub, digits: vgg11_bn_sgm, cut 4, noRELU_C8S1, τ 0.125;
 tinyimagenet: resnet20, cut 5, noRELU_C8S1 (features 8×16×16), τ 0.0625.
 Each run's output goes to <folder>/<filename>.log (and to the terminal when one runs at a time).
+After failures the last line gives each failed configuration's own error (from its log), and only
+folders where a configuration finished get a report.
 SIGINT/SIGTERM reach every running configuration, which saves and stops; a rerun resumes it.
 Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad options, 130 / 143 when
 stopped by SIGINT / SIGTERM.
@@ -199,6 +204,9 @@ safe_name() {
   printf '%s' "$d" | tr -c 'A-Za-z0-9._-' '_'
 }
 
+# main_MIA.py settings that run_exp.sh sets per configuration, with the option that sweeps (or sets) each.
+SWEPT="dataset:--datasets cutlayer:--cutlayers regularization_strength:--sigmas lambd:--lambdas
+AT_regularization:--defenses AT_regularization_strength:--at_strengths random_seed:--seed"
 NUM_RE='^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$'
 INT_RE='^[0-9]+$'
 validate() {
@@ -219,6 +227,13 @@ validate() {
     [[ $x =~ ^[A-Za-z0-9_.+-]+$ ]] || die "'$x' is not an --AT_regularization value (check --defenses)"
   done
   command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
+  # --extra is appended to every configuration and argparse keeps a flag's last value, so an --extra flag
+  # the sweep varies would make every configuration of that axis one and the same run.
+  if [[ -n ${EXTRA// /} && ${CHECKED_EXTRA-} != "$EXTRA" ]]; then
+    # shellcheck disable=SC2086  # EXTRA is a flag string meant to be split into words
+    x=$("$PYTHON" -m tools.extra_flags "$SWEPT" $EXTRA 2>&1) || die "${x##*$'\n'}"
+    CHECKED_EXTRA=$EXTRA
+  fi
   # Without this, a missing torch shows up as "CIFAR-10 could not be downloaded" and one failed run per config.
   if [[ $DRY_RUN != 1 && ${CHECKED_PYTHON-} != "$PYTHON" ]]; then
     "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1 ||
@@ -269,9 +284,13 @@ quote() { local a q out=""; for a in "$@"; do printf -v q '%q' "$a"; out+="$q ";
 
 n_skip=0 n_todo=0
 folders=()
+declare -A finished_in=()  # folders holding a finished configuration of this sweep: the ones to report
 # The configurations to run, for tools/sweep.py: per job the NUL-terminated name, log, argc, argv...
 JOBS_FILE=$(mktemp "${TMPDIR:-/tmp}/run_exp_jobs.XXXXXX") || die "cannot create a temporary file (TMPDIR)"
-trap 'rm -f "$JOBS_FILE"' EXIT
+# What the sweep finished and why the rest failed (tools/sweep_failures.py's write_outcome).
+OUTCOME=$(mktemp "${TMPDIR:-/tmp}/run_exp_outcome.XXXXXX") ||
+  { rm -f "$JOBS_FILE"; die "cannot create a temporary file (TMPDIR)"; }
+trap 'rm -f "$JOBS_FILE" "$OUTCOME"' EXIT
 
 for ds in $DATASETS; do
   configure "$ds"
@@ -301,6 +320,7 @@ for ds in $DATASETS; do
         cmd=("$PYTHON" main_MIA.py "${args[@]}" --filename "$fn")
         if [[ $state == finished ]]; then
           n_skip=$((n_skip + 1))
+          finished_in[$FOLDER]=1
           [[ $DRY_RUN == 1 ]] && echo "[skip] $(quote "${cmd[@]}")"
           continue
         fi
@@ -330,7 +350,7 @@ done
 
 # tools/sweep.py runs the jobs (concurrently, or on Slurm) and prints the summary. It runs in the
 # background so that a SIGTERM to this script (a scheduler's) is passed on at once, not after it ends.
-"$PYTHON" -m tools.sweep "$JOBS_FILE" --skipped "$n_skip" "${EXEC_ARGS[@]+"${EXEC_ARGS[@]}"}" &
+"$PYTHON" -m tools.sweep "$JOBS_FILE" --skipped "$n_skip" --outcome "$OUTCOME" "${EXEC_ARGS[@]+"${EXEC_ARGS[@]}"}" &
 sweep_pid=$!
 trap 'kill -TERM "$sweep_pid" 2>/dev/null' TERM
 trap 'kill -INT "$sweep_pid" 2>/dev/null' INT
@@ -341,8 +361,21 @@ done
 trap - INT TERM
 [[ $sweep_rc == 2 || $sweep_rc -ge 128 ]] && exit "$sweep_rc"  # bad executor options; interrupted
 
+# After failures, report only folders where something finished: elsewhere the report could only say
+# "no finished metrics.json", burying the configurations' own errors (the sweep's last line).
+fail_line=""
+if [[ $sweep_rc == 1 && -s $OUTCOME ]]; then
+  { IFS= read -r fail_line; while IFS= read -r log; do finished_in[${log%/*}]=1; done; } < "$OUTCOME"
+else
+  for folder in "${folders[@]}"; do finished_in[$folder]=1; done
+fi
+
 report_rc=0
 for folder in "${folders[@]}"; do
+  if [[ -z ${finished_in[$folder]+x} ]]; then
+    [[ ${#finished_in[@]} -gt 0 ]] && note "no report for $folder: none of its configurations finished"
+    continue
+  fi
   echo
   "$PYTHON" -m tools.report "$folder" || report_rc=$?
   if [[ $QUICK == 1 ]]; then
@@ -356,5 +389,9 @@ for folder in "${folders[@]}"; do
   fi
 done
 
-[[ $sweep_rc == 1 ]] && exit 1
+if [[ $sweep_rc == 1 ]]; then
+  # A report was printed after the sweep's error line: repeat it, so the last word is what failed.
+  [[ ${#finished_in[@]} -gt 0 && -n $fail_line ]] && note "error: $fail_line"
+  exit 1
+fi
 exit "$report_rc"

@@ -54,6 +54,18 @@ class OutOfSpace(Exception):
                    "then rerun the same command (add --resume to continue training)")
 
 
+class NotStrictJSON(ValueError):
+    """A run file holds NaN or ±Infinity. Python's json reads them, but this project never writes them
+    (write_json stores null and names the value under `non_finite`), so such a file was made or
+    edited by something else and its numbers are not what a run recorded."""
+
+
+def reject_non_finite(token: str):
+    """json.load's parse_constant hook: called for the bare words NaN, Infinity and -Infinity."""
+    raise NotStrictJSON(f"holds a bare {token}, which is not JSON (this project writes null for a "
+                        "non-finite number)")
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -164,8 +176,9 @@ def _json_default(o):
 
 
 def read_json(path: str | Path) -> Any:
+    """Strict, as write_json writes: a bare NaN or Infinity raises NotStrictJSON (a ValueError)."""
     with open(path) as f:
-        return json.load(f)
+        return json.load(f, parse_constant=reject_non_finite)
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:

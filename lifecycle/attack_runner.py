@@ -9,6 +9,7 @@ GAN checkpoints `attacks/gan_<mode>.ckpt.pt` (removed once the attack finished).
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -164,7 +165,9 @@ def finished_runs(folder) -> list[Path]:
     for path in sorted(Path(folder).rglob("metrics.json")):
         try:
             m = read_json(path)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as e:  # e.g. a bare NaN: say so rather than leave the run out unseen
+            why = (str(e).splitlines() or [""])[0][:160]
+            print(f"warning: skipping {path}: unreadable ({type(e).__name__}: {why})", file=sys.stderr)
             continue
         if isinstance(m, dict) and m.get("status") == "finished" and "train" in m:
             out.append(path.parent)

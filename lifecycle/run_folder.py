@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from lifecycle.identity import attack_results_missing, identity, identity_differences
-from utils import UserError
+from utils import UserError, reject_non_finite
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
 
@@ -20,7 +20,7 @@ TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-wr
 def _read_json(path: Path, what: str) -> dict:
     try:
         with open(path) as f:
-            data = json.load(f)
+            data = json.load(f, parse_constant=reject_non_finite)  # NaN: not written by this project
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:

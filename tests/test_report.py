@@ -183,3 +183,75 @@ def test_cem_gain_table_per_defence(tmp_path, capsys):
     with open(root / "results.csv") as f:
         got = {(r["defense"], r["lambd"]) for r in csv.DictReader(f)}
     assert ("dropout0.2", "16.0") in got and ("None", "0.0") in got
+
+
+def test_copies_of_a_run_count_once(tmp_path, capsys):
+    # Issue 18: two copies beside a run folder made one cell "(n=3)", as if three seeds had run.
+    root = tmp_path / "runs"
+    orig = metrics(0.05, 0.0)
+    name = orig["config"]["filename"]
+    write(root, name, orig)
+    copy = json.loads(json.dumps(orig))
+    copy["train"]["test_acc"] = 11.0  # a copy is byte-identical; different numbers show which one is kept
+    write(root, f"Copy of {name}", copy)  # sorts before the original
+    write(root, f"{name} (2)", copy)
+    for seed in (125, 7):  # two seeds of another setting: two runs, still averaged
+        m = metrics(0.05, 16.0)
+        m["config"].update(random_seed=seed, filename=f"l16_seed{seed}")
+        write(root, f"l16_seed{seed}", m)
+    # Copies of which none keeps the recorded name: the first path (by folder, so "a" before "a (copy)").
+    other = metrics(0.1, 0.0)
+    write(root, "a", other)
+    write(root, "a (copy)", {**other, "train": {"test_acc": 11.0}})
+
+    assert report.main([str(root)]) == 0
+    err = capsys.readouterr().err
+    notes = [l for l in err.splitlines() if "counted once" in l]
+    assert len(notes) == 2, err
+    mine = next(n for n in notes if name in n)
+    assert "3 folders hold the same run (same settings, seed 125)" in mine
+    assert mine.endswith(f"kept {root / name} (named as its config records), not counted: "
+                         f"{root / f'Copy of {name}'}, {root / f'{name} (2)'}")
+    other_note = next(n for n in notes if name not in n)
+    assert other_note.endswith(f"kept {root / 'a'} (none is named as its config records: the first path), "
+                               f"not counted: {root / 'a (copy)'}")
+    table = md_rows((root / "results.md").read_text())
+    assert table[0][1] == f"{acc_of(0.05, 0):.2f} / {mse_of(0.05, 0):.4f} / {0.8 - 0.05:.3f} / 20.0"  # no (n=3)
+    assert table[0][2].endswith("(n=2)")
+    assert table[1][1].startswith(f"{acc_of(0.1, 0):.2f} / ") and "(n=" not in table[1][1]
+    with open(root / "results.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_a_metrics_file_holding_nan_is_named_not_read(word, tmp_path, capsys):
+    # Python's json reads a bare NaN; this project never writes one (utils.write_json stores null).
+    root = tmp_path / "runs"
+    write(root, "good", metrics(0.05, 0.0))
+    bad = json.dumps(metrics(0.05, 16.0)).replace(f'"mse_mean": {mse_of(0.05, 16.0)}', f'"mse_mean": {word}')
+    assert word in bad
+    path = write(root, "bad", bad)
+    assert report.main([str(root)]) == 0
+    err = [l for l in capsys.readouterr().err.splitlines() if str(path) in l]
+    assert len(err) == 1 and f"bare {word}" in err[0] and "not JSON" in err[0], err
+    with open(root / "results.csv", newline="") as f:
+        assert [r["filename"] for r in csv.DictReader(f)] == ["cifar10_sigma0.05_lambd0"]
+
+
+def test_copies_are_told_apart_by_identity_not_by_folder(tmp_path):
+    # What main_MIA.py records: a copy run on another device is the same run; another seed is not.
+    from run_identity import identity
+
+    from main_MIA import build_parser
+    from tools.collect import load_runs
+
+    root = tmp_path / "runs"
+    for name, seed, device in (("r", 125, "cpu"), ("r_gpu", 125, "cuda"), ("r_seed7", 7, "cpu")):
+        cfg = vars(build_parser().parse_args(["--filename", "r", "--random_seed", str(seed), "--device", device]))
+        write(root, name, {"status": "finished", "identity": identity(cfg), "config": cfg, "train": {"test_acc": 50.0},
+                           "attack": {"decoder": {"train_time": {"final": {"mse_mean": 0.1}}}}})
+    runs, warnings = load_runs(root)
+    assert sorted(Path(r["path"]).parent.name for r in runs) == ["r", "r_seed7"]
+    (note,) = [w for w in warnings if "counted once" in w]
+    assert "seed 125" in note and note.endswith(f"kept {root / 'r'} (named as its config records), "
+                                                f"not counted: {root / 'r_gpu'}")

@@ -163,6 +163,25 @@ def test_bad_options_exit_2(tmp_path):
     assert r.returncode == 0 and "--sigmas" in r.stdout and "--quick" in r.stdout
 
 
+def test_extra_cannot_set_what_the_sweep_varies(tmp_path):
+    # Issue 18: --lambdas "0 16" --extra "--lambd 3" planned "2 to run", both λ = 3 under one name.
+    cases = {"--lambd 3": ("--lambd", "--lambdas"), "--lambd=3": ("--lambd", "--lambdas"),
+             "--lamb 3": ("--lambd", "--lambdas"),  # argparse takes an unambiguous prefix
+             "--limit_train 64 --regularization_strength 0.2": ("--regularization_strength", "--sigmas"),
+             "--cut=3": ("--cutlayer", "--cutlayers"), "--dataset digits": ("--dataset", "--datasets"),
+             "--random_seed 3": ("--random_seed", "--seed"),
+             "--AT_regularization dropout0.2": ("--AT_regularization", "--defenses"),
+             "--AT_regularization_strength 2": ("--AT_regularization_strength", "--at_strengths")}
+    for extra, (given, option) in cases.items():
+        r = sh("--dry-run", "--sigmas", "0.05", "--lambdas", "0 16", "--extra", extra, tmp=tmp_path)
+        assert r.returncode == 2 and r.stdout == "", (extra, r.stdout)
+        (line,) = r.stderr.strip().splitlines()
+        assert f"--extra sets {given}, " in line and line.endswith(f"put the value(s) in {option}"), (extra, line)
+    for args, env in ((("--extra=--lambd=3",), None), ((), {"EXTRA": "--lambd 3"})):
+        r = sh("--dry-run", "--lambdas", "0 16", *args, env=env, tmp=tmp_path)
+        assert r.returncode == 2 and "--extra sets --lambd, " in r.stderr, (args, env, r.stderr)
+
+
 def test_defenses_sweep_dimension_and_preset(tmp_path):
     cmds = commands(sh("--dry-run", "--defenses", "None dropout0.2 gan_adv_step1", "--at_strengths", "0.5 1",
                        "--sigmas", "0.05", "--lambdas", "0 16", tmp=tmp_path))
@@ -259,6 +278,9 @@ def test_real_run_with_stand_in_main(tmp_path):
     assert "Summary: 4 done, 0 skipped (already finished), 2 failed, 0 interrupted" in r.stdout
     assert r.stdout.count("failed: ") == 2 and "lambd8" in r.stdout
     assert (folder / "results.md").exists() and (folder / "tradeoff.png").exists()
+    # after the report, the last word is why the two failed (each job's own last line here)
+    assert r.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 configurations failed: ")
+    assert r.stderr.strip().endswith(" and 1 more: exit 1, last output: simulated crash")
     assert "| σ=0.01 |" in r.stdout
     logs = sorted(p.name for p in folder.glob("*.log"))
     assert len(logs) == 6 and "simulated crash" in (folder / [n for n in logs if "lambd8" in n][0]).read_text()

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from test_run_exp import FAKE_MAIN, REPO, SCRIPT, SWEEP_VARS, sh, with_parser
+from test_run_exp import FAKE_EXPERIMENT, FAKE_MAIN, REPO, SCRIPT, SWEEP_VARS, sh, with_parser
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
@@ -108,3 +108,36 @@ def test_real_mini_sweep_local_jobs_and_submitit_agree(tmp_path):
     assert r.returncode == 0 and "Summary: 2 done, 0 skipped" in r.stdout, r.stdout + r.stderr
     assert (b / "slurm").is_dir()
     assert (a / "results.csv").read_text() == (b / "results.csv").read_text()
+
+
+# Every facescrub configuration fails up front, as a missing data set does, in main_MIA.py's one line.
+NO_FACESCRUB_MAIN = with_parser(FAKE_EXPERIMENT + """
+import sys
+cfg = vars(build_parser().parse_args(sys.argv[1:]))
+cfg.pop("no_progress")
+if cfg["dataset"] == "facescrub":
+    print("loading facescrub")
+    sys.exit(print(f"error: FaceScrub is not under {cfg['data_root']}; see README, Data layouts", file=sys.stderr) or 2)
+run_experiment(cfg)
+""")
+
+
+def test_a_sweep_where_everything_failed_ends_on_their_error(tmp_path):
+    # Issue 18: it ended on the report's "no finished metrics.json ... run run_exp.sh first".
+    script = stand_in_repo(tmp_path, NO_FACESCRUB_MAIN)
+    data = tmp_path / "no_data"
+    args = ("--sigmas", "0.05", "--lambdas", "0 16", "--epochs", "1")
+    r = sh("--datasets", "facescrub", *args, env={"DATA_ROOT": str(data)}, script=script)
+    assert r.returncode == 1, r.stdout + r.stderr
+    first = next((script.parent / "runs" / "facescrub").glob("*lambd0_*.log")).stem
+    assert r.stderr.strip().splitlines()[-1] == (f"error: 2 of 2 configurations failed: {first} and 1 more: "
+                                                 f"FaceScrub is not under {data}; see README, Data layouts")
+    assert "metrics.json" not in r.stdout + r.stderr and "Summary: 0 done" in r.stdout
+    # One dataset's folder gets its report; the other's says why it has none; the errors come last.
+    r = sh("--datasets", "digits facescrub", *args, env={"DATA_ROOT": str(data)}, script=script)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "| σ=0.05 |" in r.stdout and (script.parent / "runs" / "digits" / "results.md").exists()
+    err = r.stderr.strip().splitlines()
+    assert "no report for ./runs/facescrub: none of its configurations finished" in err
+    assert err[-1].startswith("error: 2 of 4 configurations failed: ") and err[-1].endswith("Data layouts")
+    assert "no finished metrics.json" not in r.stdout + r.stderr

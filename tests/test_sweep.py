@@ -185,3 +185,21 @@ def test_slurm_off_a_cluster_is_one_line(tmp_path):
     r = sweep_cli(f, "--executor", "slurm", "--slurm_time", "10")
     assert r.returncode == 2 and r.stderr.startswith("error: Slurm submission failed") and "srun" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.log").exists()
+
+
+def test_the_last_line_gives_the_failed_jobs_own_errors(tmp_path):
+    # Issue 18: a sweep whose every configuration failed ended on the report's "no finished metrics.json".
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.log").write_text("=== 2024-01-01 00:00:00 a\nold command\nerror: last week's problem\n")  # rerun
+    bad_root = ("import sys; print('loading'); print('error: --data_root /nope does not exist', file=sys.stderr); "
+                "sys.exit(2)")
+    jobs = [("a", logs / "a.log", py(bad_root)), ("b", logs / "b.log", py(bad_root)),
+            ("c", logs / "c.log", py("raise ValueError('bad value')")), ("ok", logs / "ok.log", py("print('ok')"))]
+    outcome = tmp_path / "outcome"
+    r = sweep_cli(write_jobs(tmp_path / "jobs", jobs), "--skipped", "2", "--outcome", outcome)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == ("error: 3 of 6 configurations failed: a and 1 more: --data_root /nope does not exist; "
+                    "c: exit 1, last output: ValueError: bad value"), r.stderr
+    assert outcome.read_text().splitlines() == [last.removeprefix("error: "), str(logs / "ok.log")]

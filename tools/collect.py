@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from lifecycle.identity import NOT_RESULT_KEYS
+from utils import NotStrictJSON, reject_non_finite
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
 # Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
@@ -31,12 +32,16 @@ def _num(x):
 
 
 def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
-    """Return (records of finished runs, one-line warnings about the files that were skipped)."""
+    """Return (records of finished runs, each counted once, and one-line warnings about the files that
+    were skipped or were copies of another run)."""
     runs, warnings = [], []
     for path in sorted(Path(folder).rglob("metrics.json")):
         try:
             with open(path) as f:
-                data = json.load(f)
+                data = json.load(f, parse_constant=reject_non_finite)
+        except NotStrictJSON as e:
+            warnings.append(f"skipping {path}: {e}")
+            continue
         except (OSError, ValueError) as e:
             warnings.append(f"skipping {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
             continue
@@ -52,7 +57,38 @@ def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
         for label, variant in (data.get("attack_variants") or {}).items():  # --attack_only with other settings
             if isinstance(variant, dict):
                 runs.append(_variant(rec, label, variant))
-    return runs, warnings
+    runs, notes = drop_duplicates(runs)
+    return runs, warnings + notes
+
+
+def _preference(rec: dict) -> tuple:
+    """Which of several copies of one run is kept: first the folder still named as the run recorded
+    (main_MIA.py made that one; a copy beside it must have another name), then the first path. Not the
+    newest metrics.json: `cp` makes the copy the newest, and times do not survive archives or rsync."""
+    folder = Path(rec["path"]).parent
+    return (folder.name != rec["recorded_name"], folder.parts)
+
+
+def drop_duplicates(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """Runs with the same identity (every setting, the seed included) are one run however many copies
+    of its folder exist: keep one, so that copies never pass for more seeds in a cell's mean and n.
+    Returns (runs, one note per run that had copies)."""
+    by_identity: dict[str, list[dict]] = {}
+    for r in runs:
+        by_identity.setdefault(json.dumps(r["identity"], sort_keys=True, default=str), []).append(r)
+    kept, notes = set(), []
+    for copies in by_identity.values():
+        copies = sorted(copies, key=_preference)
+        kept.add(id(copies[0]))
+        if len(copies) > 1:
+            first = Path(copies[0]["path"]).parent
+            why = "named as its config records" if first.name == copies[0]["recorded_name"] \
+                else "none is named as its config records: the first path"
+            others = ", ".join(str(Path(c["path"]).parent) for c in copies[1:])
+            notes.append(f"counted once: {len(copies)} folders hold the same run (same settings, seed "
+                         f"{copies[0]['identity'].get('random_seed')}); kept {first} ({why}), not counted: {others}")
+    # A run's attack variants are records of their own, and repeat the same note.
+    return [r for r in runs if id(r) in kept], list(dict.fromkeys(notes))
 
 
 def _identity(data: dict) -> dict:
@@ -84,6 +120,7 @@ def _record(path: Path, data: dict) -> dict:
     rec = {
         "path": str(path),
         "filename": cfg.get("filename") or path.parent.name,
+        "recorded_name": cfg.get("filename"),
         "dataset": cfg.get("dataset"),
         "arch": cfg.get("arch"),
         "cutlayer": cfg.get("cutlayer"),

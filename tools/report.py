@@ -3,8 +3,9 @@
     python -m tools.report <folder> [--out DIR] [--attack decoder] [--mode train_time|infer_time]
                                     [--which final|best_heldout]
 
-Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones are skipped with a
-warning) and writes into --out (default <folder>):
+Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones, and ones holding
+NaN or Infinity, which is not JSON, are skipped with a warning; copies of one run -- same settings and
+seed -- count once, with a warning naming them) and writes into --out (default <folder>):
   results.csv   one row per run: configuration, test accuracy, mean/std MSE, SSIM, SSIM (library
                 convention), PSNR for every attack mode found (columns <attack>_<mode>_<metric>_<stat>,
                 taken from the --which decoder)
@@ -189,7 +190,7 @@ def run(args) -> list[Path]:
 
     png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
     print(md)
-    print(f"{len(runs)} finished run(s), {len(warnings)} skipped")
+    print(f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
     for p in (csv_path, md_path, png_path):
         print(f"wrote {p}")
     return [csv_path, md_path, png_path]

@@ -13,7 +13,8 @@ local: one slot per (visible GPU × --jobs-per-gpu), each job pinned to its GPU 
        output to the terminal as before; several print one line when a job starts and one when it ends.
 slurm: through submitit (tools/sweep_slurm.py), one array task per job.
 SIGINT/SIGTERM are forwarded once to every running job (which checkpoints and exits resumable); jobs
-not yet started are not started; the summary lists done / failed / interrupted jobs with their logs.
+not yet started are not started; the summary lists done / failed / interrupted jobs with their logs,
+and its last line (stderr) the failed jobs' own errors (tools/sweep_failures.py).
 Exit status: 0 all done, 1 some failed, 2 bad options, 130 / 143 stopped by SIGINT / SIGTERM.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from tools.sweep_failures import failure_line, write_outcome
 from tools.sweep_jobs import Job, Result, SignalForwarder, read_jobs, run_job  # noqa: F401  (read_jobs, Job: this module's API)
 from utils import UserError
 
@@ -159,9 +161,11 @@ class LocalExecutor:
         return results
 
 
-def summarize(results: list, skipped: int, signum: Optional[int] = None, out=None) -> int:
-    """Prints the summary; returns the exit status: 128 + the signal that stopped the sweep (130 SIGINT,
-    143 SIGTERM), else 1 when some job failed, else 0."""
+def summarize(results: list, skipped: int, signum: Optional[int] = None, out=None,
+              failures: Optional[str] = None) -> int:
+    """Prints the summary, then `failures` (the failed jobs' own errors) as the last line; returns the
+    exit status: 128 + the signal that stopped the sweep (130 SIGINT, 143 SIGTERM), else 1 when some job
+    failed, else 0."""
     out = out or sys.stdout
     count = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "not started")}
     line = (f"Summary: {count['done']} done, {skipped} skipped (already finished), {count['failed']} failed, "
@@ -174,6 +178,9 @@ def summarize(results: list, skipped: int, signum: Optional[int] = None, out=Non
             print(f"  {r.status}: {r.job.name} ({r.note or f'exit {r.rc}'}, log {r.job.log})", file=out)
     if count["interrupted"] or count["not started"]:
         print("  rerun the same command to continue: finished runs are skipped, interrupted ones resume", file=out)
+    if failures:
+        out.flush()
+        print(f"error: {failures}", file=sys.stderr, flush=True)
     if signum is not None:
         print(f"sweep: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
@@ -189,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jobs_file")
     p.add_argument("--skipped", type=int, default=0, help="finished configurations skipped by the caller")
     p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
+    p.add_argument("--outcome", default=None, metavar="FILE",
+                   help="also write the failed jobs' errors and the logs of the finished ones here (run_exp.sh)")
     add_executor_flags(p)
     return p
 
@@ -224,8 +233,9 @@ def script_jobs(script, items: list, args, parser, drop: tuple, log) -> list:
             for item in items]
 
 
-def execute(jobs: list, args, skipped: int = 0, out=None) -> int:
-    """Runs `jobs` with the executor `args` chooses (parsed by build_parser); returns the exit status."""
+def execute(jobs: list, args, skipped: int = 0, out=None, outcome: Optional[str] = None) -> int:
+    """Runs `jobs` with the executor `args` chooses (parsed by build_parser); returns the exit status.
+    `outcome`: a file to write what finished and why the rest failed (sweep_failures.write_outcome)."""
     out = out or sys.stdout
     if args.executor == "slurm":
         from tools.sweep_slurm import run_slurm
@@ -237,7 +247,10 @@ def execute(jobs: list, args, skipped: int = 0, out=None) -> int:
         executor = LocalExecutor(slots, out)
         results = executor.run(jobs)
         signum = executor.stopped_by
-    return summarize(results, skipped, signum, out)
+    failures = failure_line(results, skipped)
+    if outcome:
+        write_outcome(outcome, results, failures)
+    return summarize(results, skipped, signum, out, failures)
 
 
 def describe(jobs: list, args) -> str:
@@ -261,7 +274,7 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(describe(jobs, args), file=sys.stderr)
             return 0
-        return execute(jobs, args, args.skipped)
+        return execute(jobs, args, args.skipped, outcome=args.outcome)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
