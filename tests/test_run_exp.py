@@ -198,6 +198,8 @@ def test_defenses_sweep_dimension_and_preset(tmp_path):
     assert defs == {"None", "gan_adv_step1", "dropout0.2", "topkprune0.5", "gan_adv_step1_pruning180"}
     assert len(preset) == 10 and all("--dataset cifar10" in c for c in preset)
     assert {flag(c, "--lambd") for c in preset} == {"0", "16"}
+    assert all(flag(c, "--attack_view") == "sent\\,noise_only" for c in preset)  # both views (quoted comma)
+    assert not any("--attack_view" in c for c in cmds)
     for args in (("--at_strengths", "0"), ("--preset", "paper"), ("--defenses", "a;b")):
         r = sh("--dry-run", "--defenses", "dropout0.2", *args, tmp=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
