@@ -65,7 +65,9 @@ which beats the dataset preset, which beats the built-in default):
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
   --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
                                dropout0.2 topkprune0.5 gan_adv_step1_pruning180", --at_strengths 1,
-                               λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win);
+                               λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win),
+                               attacked in both attacker views (--attack_view sent,noise_only: what the
+                               device sends, and the published attacker's noise-only queries);
                                `python -m tools.report` then adds the CEM-gain table
   --executor local|slurm       where configurations run (local); see "Running the sweep" in README.md
   --gpus 0,1                   local: GPUs to use, one configuration pinned to each (all visible ones)
@@ -169,10 +171,12 @@ configure() {
   SIGMAS="0.01 0.025 0.05 0.1 0.15" LAMBDAS="0 8 16" LOG_ENTROPY=1 LR=0.05 EPOCHS=240 BATCH=128
   ATTACK_EPOCHS=50 GAN_AE_TYPE=res_normN8C64 REGULARIZATION=Gaussian_kl SEED=125 DATA_ROOT=./data
   FOLDER=./runs/$(safe_name "$ds") DEVICE=auto EXTRA="" TAG="" PYTHON=python
-  QUICK_EXTRA="" DEFENSES=None AT_STRENGTHS=1
+  QUICK_EXTRA="" PRESET_EXTRA="" DEFENSES=None AT_STRENGTHS=1
   if [[ $PRESET == defenses ]]; then
     DEFENSES="None gan_adv_step1 dropout0.2 topkprune0.5 gan_adv_step1_pruning180" AT_STRENGTHS=1
     LAMBDAS="0 16" FOLDER=./runs/cifar10_defenses
+    # Dropout / top-k change what is sent: score them as sent and as the published (noise-only) attacker.
+    PRESET_EXTRA="--attack_view sent,noise_only"
   fi
   if [[ $QUICK == 1 ]]; then
     SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
@@ -309,7 +313,7 @@ for ds in $DATASETS; do
               --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
               --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
               --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
-              --random_seed "$SEED" --device "$DEVICE" $QUICK_EXTRA $EXTRA)
+              --random_seed "$SEED" --device "$DEVICE" $PRESET_EXTRA $QUICK_EXTRA $EXTRA)
         [[ ${def,,} == none ]] || args+=(--AT_regularization "$def" --AT_regularization_strength "$st")
         # The run's name and state come from the run identity (lifecycle/identity.py): every setting that
         # changes results, --extra flags included, so a changed setting is a new configuration.

@@ -7,10 +7,12 @@
   python run_gan_attack.py --sweep runs/cifar10 --executor slurm --slurm_time 2:00:00   # a Slurm job array
 
 The target (architecture, cut layer, bottleneck, defences) is rebuilt from each run's config.json and
-best checkpoint, loaded strictly. The generator starts from the run's saved decoder of the same mode
-(attacks/decoder_<mode>.pt, written by the decoder attack) when it exists. Results: metrics.json →
-attack.gan.<mode>, grid images/gan_<mode>.png, generator attacks/gan_<mode>.pt. A killed attack resumes
-from attacks/gan_<mode>.ckpt.pt when run again. With --sweep, each run is one job of run_exp.sh's
+best checkpoint, loaded strictly. The generator starts from the run's saved decoder of the same mode and
+view trained with the decoder settings of this attack (attacks/decoder_<mode>.pt for the run's own,
+written by the decoder attack) when it exists. Results: metrics.json → attack.gan.<mode> for a run's
+first GAN settings, grid images/gan_<mode>.png, generator attacks/gan_<mode>.pt; other GAN settings and
+--attack_view noise_only go beside (docs/run-folders.md). A killed attack resumes from
+attacks/gan_<mode>[tag].ckpt.pt when run again. With --sweep, each run is one job of run_exp.sh's
 executors (tools/sweep.py), logged to <run folder>.gan_attack.log.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from attacks.flags import add_gan_flags
+    from attacks.flags import add_gan_flags, add_view_flag
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by main_MIA.py")
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "conv_normN{N}C{C} (default: the run's "
                         "--gan_AE_type, res_normN8C64)")
     add_gan_flags(p)
+    add_view_flag(p)
     p.add_argument("--data_root", default=None, help="dataset folder (default: the one the run was trained with)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")

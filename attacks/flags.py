@@ -5,9 +5,19 @@ planned, which must not import torch.
 """
 from __future__ import annotations
 
+import argparse
+
 ATTACKS = ("decoder", "gan", "rmle")  # in running order: the GAN generator starts from the decoder's weights
 MODES = ("train_time", "infer_time")
-DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_epochs": 50,
+# What the attacker's queries go through (DESIGN.md §5): `sent` = every defence of the pipeline, as the
+# device sends it; `noise_only` = the Gaussian noise alone, the published attacker's view.
+VIEWS = ("sent", "noise_only")
+# Bump an attack's number when its results change meaning (another network design, a fixed bug):
+# results recorded under an older number then count as missing and are recomputed beside the old ones,
+# without retraining. Folders written before these numbers existed read as 1. Decoder and GAN 2:
+# res_normN{N}C{C} became the published decoder (and generator) and DGWGAN32 the published critic.
+RESULTS_VERSION = {"decoder": 2, "gan": 2, "rmle": 1}
+DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_view": "sent", "attack_epochs": 50,
             "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
             "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
             "rmle_steps": 500, "rmle_lr": 0.05, "rmle_max_images": None}
@@ -44,6 +54,28 @@ def add_rmle_flags(group) -> None:
     group.add_argument("--rmle_max_images", type=int, default=None,
                        help="score rMLE on the first N eval images only (they span the classes); its cost grows "
                             "with every image (default: all)")
+
+
+def add_view_flag(group) -> None:
+    group.add_argument("--attack_view", default="sent",
+                       help="comma list of what the attacker's queries go through: sent (what the device sends: "
+                            "every defence of the pipeline), noise_only (the Gaussian noise alone, no dropout / "
+                            "top-k / local DP: the published attacker); results are kept per view "
+                            "(default: %(default)s)")
+
+
+def _dests(add) -> tuple:
+    parser = argparse.ArgumentParser(add_help=False)
+    add(parser)
+    return tuple(a.dest for a in parser._actions)  # no public accessor; stable since Python 2.7
+
+
+def settings_flags() -> dict:
+    """{attack: the flags its results depend on}, from the declarations above, so that a flag added to
+    one attack's group keys that attack's results. The GAN's include the decoder's: its generator
+    starts from the decoder those settings trained."""
+    decoder = _dests(add_decoder_flags)
+    return {"decoder": decoder, "gan": decoder + _dests(add_gan_flags), "rmle": _dests(add_rmle_flags)}
 
 
 def gan_epochs(cfg: dict) -> int:

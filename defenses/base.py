@@ -16,6 +16,9 @@ class Defense:
     """
 
     name = "defense"
+    # Whether the published attacker's queries (attacker view `noise_only`, DESIGN.md §5) go through this
+    # defence too: only the Gaussian noise does, the published attacker never saw dropout, top-k or local DP.
+    in_noise_only_view = False
     # Whether a training step using this defence may be recorded as a CUDA graph and replayed
     # (accel/capture.py). False for a defence that syncs with the host or steps its own optimizer inside
     # encoder_loss/obfuscate; the trainer then runs every step eagerly.
@@ -123,9 +126,25 @@ class DefenseStack(Defense):
             d.to(device)
         return self
 
-    def deployed(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The obfuscation as deployed at inference, for attacks (which never import defenses)."""
-        return lambda z: self.obfuscate(z, training=False)
+    def deployed(self, view: str = "sent") -> Callable[[torch.Tensor], torch.Tensor]:
+        """The obfuscation an attacker's queries go through, for attacks (which never import defenses).
+
+        view `sent`: what the device sends, every defence of the pipeline as deployed at inference;
+        `noise_only`: the published attacker's queries, with the defences marked `in_noise_only_view`
+        (the Gaussian noise) alone.
+        """
+        if view == "sent":
+            chain = self.defenses
+        elif view == "noise_only":
+            chain = [d for d in self.defenses if d.in_noise_only_view]
+        else:
+            raise ValueError(f"unknown attacker view {view!r}; use sent or noise_only")
+
+        def obfuscate(z: torch.Tensor) -> torch.Tensor:
+            for d in chain:
+                z = d.obfuscate(z, training=False)
+            return z
+        return obfuscate
 
     def find(self, name: str) -> Optional[Defense]:
         return next((d for d in self.defenses if d.name == name), None)

@@ -8,6 +8,7 @@ from defenses.base import Defense
 
 class GaussianNoise(Defense):
     name = "noise"
+    in_noise_only_view = True
 
     def __init__(self, sigma: float):
         if sigma < 0:

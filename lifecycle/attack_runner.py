@@ -3,9 +3,10 @@
 `run_attacks` is what training (`lifecycle/experiment.py`) and `--attack_only` call with a model in memory;
 `attack_run(run_dir, settings)` rebuilds a run from its folder (strictly, through `trained_run`)
 and attacks it: a plain function, so sweep executors can call it per run; `sweep` applies it to
-every finished run below a folder. Results: `metrics.json` → `attack.<attack>.<mode>`, grids
-`images/<attack>_<mode>.png`, trained decoders/generators `attacks/<attack>_<mode>.pt`, resumable
-GAN checkpoints `attacks/gan_<mode>.ckpt.pt` (removed once the attack finished).
+every finished run below a folder. Results: `metrics.json` → `attack.<attack>.<mode>` for an attack's
+first settings and view `sent` (other settings and views beside them: lifecycle/results.py), grids
+`images/<attack>_<mode><tag>.png`, trained decoders/generators `attacks/<attack>_<mode><tag>.pt`,
+resumable GAN checkpoints `attacks/gan_<mode><tag>.ckpt.pt` (removed once the attack finished).
 """
 from __future__ import annotations
 
@@ -14,18 +15,21 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from attacks.flags import ATTACKS, DEFAULTS, MODES, gan_epochs
+from attacks.flags import ATTACKS, DEFAULTS, MODES, VIEWS, gan_epochs
 from lifecycle.flags import parse_list
+from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
 from utils import UserError, read_json, seed_everything, write_json
 
 # Flags that only change how a run is attacked (never what was trained); `--attack_only` and
 # run_gan_attack.py may override them.
-ATTACK_KEYS = ("attacks", "attack_modes", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic", "mse_weight",
-               "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps", "rmle_lr",
-               "rmle_max_images")
+ATTACK_KEYS = ("attacks", "attack_modes", "attack_view", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic",
+               "mse_weight", "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps",
+               "rmle_lr", "rmle_max_images")
 
 
-def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = ""):
+def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = "",
+                decoder_tag: str = ""):
+    """One attack for `mode`; `tag` marks its files, `decoder_tag` those of the decoder the GAN starts from."""
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log)
     if name == "decoder":
@@ -36,7 +40,7 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
         from attacks.gan import GANAttack
         return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
                          n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
-                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}{tag}.pt",
+                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}{decoder_tag}.pt",
                          checkpoint_path=run_dir / "attacks" / f"gan_{mode}{tag}.ckpt.pt",
                          checkpoint_every=int(s["checkpoint_every"]), **common)
     from attacks.optimization import RMLEAttack
@@ -45,13 +49,12 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
 
 
 def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metrics: dict, progress: bool = True,
-                log: Callable[[str], None] = print, results: Optional[dict] = None, tag: str = "",
-                only: Optional[set] = None) -> dict:
-    """Every attack of cfg['attacks'] × cfg['attack_modes'] on `model`; metrics.json after each.
+                log: Callable[[str], None] = print, force: bool = False) -> dict:
+    """Every attack of cfg['attacks'] × cfg['attack_modes'] × cfg['attack_view'] on `model` whose results
+    under that attack's own settings `metrics` lacks (all of them with `force`); metrics.json after each.
 
-    results: where in `metrics` the results go (default: its `attack` section; attack settings other
-    than the run's own go to an `attack_variants` entry, with `tag` in their file names so they never
-    replace the run's own files); only: the (attack, mode) pairs to run (default: all requested).
+    Results go where lifecycle/results.py says: an attack's first settings own `attack.<attack>`,
+    other settings and views go beside, with their tag in file names so they never replace others'.
     """
     from attacks.decoder import attacker_splits, save_decoder
     from attacks.grid import save_grid
@@ -59,34 +62,40 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
     run_dir = Path(run_dir)
     attacks = parse_list(cfg.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
     modes = parse_list(cfg.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
-    results = metrics.setdefault("attack", {}) if results is None else results
-    obfuscate = defenses.deployed()
+    views = parse_list(cfg.get("attack_view") or DEFAULTS["attack_view"], VIEWS, "--attack_view")
+    wanted = set(todo(metrics, cfg, force))
     for mode in modes:
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
-        for name in attacks:
-            if only is not None and (name, mode) not in only:
-                continue
-            attack = make_attack(name, cfg, mode, run_dir, device, progress, log, tag)
-            n_eval = min(len(evals), getattr(attack, "eval_limit", None) or len(evals))
-            log(f"{name} attack ({mode}): fit {len(fit)}, held-out {len(held)}, eval {n_eval}, "
-                f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
-                f"{'steps' if name == 'rmle' else 'epochs'}")
-            res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
-            grid = Path("images") / f"{name}_{mode}{tag}.png"
-            save_grid(res.grid_originals, res.grid_recons, run_dir / grid)
-            entry = {**res.summary(), "grid": str(grid)}
-            if res.model is not None:
-                saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}{tag}.pt", mode=mode, attack=name)
-                entry["saved_model"] = str(saved.relative_to(run_dir))
-            results.setdefault(name, {})[mode] = entry
-            _write_merged(run_dir, metrics)
-            ck = getattr(attack, "checkpoint_path", None)
-            if ck is not None:
-                ck.unlink(missing_ok=True)
-            f, b = res.final, res.baseline_mean_image
-            log(f"  {name} {mode}: MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  PSNR {f['psnr_mean']:.2f} dB "
-                f"(mean-image guess: MSE {b['mse_mean']:.4f} PSNR {b['psnr_mean']:.2f} dB)  "
-                f"{res.wall_time_s:.0f} s  grid: {run_dir / grid}")
+        for view in views:
+            obfuscate = defenses.deployed(view)
+            for name in attacks:
+                if (name, mode, view) not in wanted:
+                    continue
+                where = slot(metrics, name, attack_key(cfg, name), view)
+                # The GAN starts from the decoder trained with the decoder settings of its own key, this view.
+                dec_tag = file_tag(metrics, "decoder", attack_key(cfg, "decoder"), view) if name == "gan" else ""
+                attack = make_attack(name, cfg, mode, run_dir, device, progress, log, where.tag, dec_tag)
+                n_eval = min(len(evals), getattr(attack, "eval_limit", None) or len(evals))
+                log(f"{name} attack ({mode}, view {view}): fit {len(fit)}, held-out {len(held)}, eval {n_eval}, "
+                    f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
+                    f"{'steps' if name == 'rmle' else 'epochs'}; results: metrics.json {where.where}.{mode}")
+                res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
+                grid = Path("images") / f"{name}_{mode}{where.tag}.png"
+                save_grid(res.grid_originals, res.grid_recons, run_dir / grid)
+                entry = {**res.summary(), "view": view, "grid": str(grid)}
+                if res.model is not None:
+                    saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}{where.tag}.pt",
+                                         mode=mode, attack=name, view=view)
+                    entry["saved_model"] = str(saved.relative_to(run_dir))
+                where.results[mode] = entry
+                _write_merged(run_dir, metrics)
+                ck = getattr(attack, "checkpoint_path", None)
+                if ck is not None:
+                    ck.unlink(missing_ok=True)
+                f, b = res.final, res.baseline_mean_image
+                log(f"  {name} {mode} ({view}): MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  "
+                    f"PSNR {f['psnr_mean']:.2f} dB (mean-image guess: MSE {b['mse_mean']:.4f} "
+                    f"PSNR {b['psnr_mean']:.2f} dB)  {res.wall_time_s:.0f} s  grid: {run_dir / grid}")
     metrics["status"] = "finished"
     _write_merged(run_dir, metrics)
     return metrics
@@ -100,12 +109,8 @@ def _write_merged(run_dir: Path, metrics: dict) -> None:
         disk = read_json(path) if path.exists() else {}
     except ValueError:
         disk = {}
-    theirs = disk.get("attack") if isinstance(disk, dict) and isinstance(disk.get("attack"), dict) else {}
-    ours = metrics.setdefault("attack", {})
-    for name, modes in theirs.items():
-        if isinstance(modes, dict):
-            for mode, res in modes.items():
-                ours.setdefault(name, {}).setdefault(mode, res)
+    if isinstance(disk, dict):
+        merge_recorded(metrics, disk)
     write_json(path, metrics)
 
 
@@ -123,10 +128,9 @@ def attack_run(run_dir, settings: dict) -> dict:
 
     The model, cut, bottleneck and defences come from the folder's config.json and best checkpoint,
     loaded strictly. The folder is locked meanwhile; results for attack settings other than the run's
-    own go beside its results (lifecycle.identity.select_results), never over them. Returns the updated
-    metrics.json content.
+    own go beside its results (lifecycle/results.py), never over them. Returns the updated metrics.json
+    content.
     """
-    from lifecycle.identity import select_results
     from lifecycle.run_folder import Run
     from lifecycle.trained_run import load_trained_run, read_run_config
 
@@ -141,10 +145,8 @@ def attack_run(run_dir, settings: dict) -> dict:
             raise UserError(f"{run_dir} has not finished training (status {metrics.get('status')!r}); "
                             "finish it with main_MIA.py --resume first")
         merged = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
-        results, tag, only, adopted = select_results(saved, metrics, merged, force=bool(settings.get("force")))
-        if adopted:
-            write_json(run.config_path, saved)
-        if only == set():
+        force = bool(settings.get("force"))
+        if not todo(metrics, merged, force):
             print(f"already finished: {run_dir} has these attack results (use --force to redo them)")
             return metrics
         tr = load_trained_run(run_dir, overrides)
@@ -153,8 +155,7 @@ def attack_run(run_dir, settings: dict) -> dict:
         for n in tr.notes:
             log(f"note: {n}")
         return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, metrics,
-                           progress=bool(settings.get("progress", True)), log=log, results=results, tag=tag,
-                           only=only)
+                           progress=bool(settings.get("progress", True)), log=log, force=force)
     finally:
         run.close()
 
@@ -175,11 +176,18 @@ def finished_runs(folder) -> list[Path]:
 
 
 def already_attacked(run_dir: Path, settings: dict) -> bool:
-    m = read_json(Path(run_dir) / "metrics.json")
-    attacks = parse_list(settings.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
-    modes = parse_list(settings.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
-    done = m.get("attack", {}) if isinstance(m.get("attack"), dict) else {}
-    return all(isinstance(done.get(a), dict) and mode in done[a] for a in attacks for mode in modes)
+    """Whether the run has results for every attack, mode and view of `settings` under those settings."""
+    run_dir = Path(run_dir)
+    m = read_json(run_dir / "metrics.json")
+    try:
+        saved = read_json(run_dir / "config.json")
+    except (OSError, ValueError):
+        saved = {}  # attack_run will say what is wrong with the folder
+    merged = {**(saved if isinstance(saved, dict) else {}),
+              **{k: settings[k] for k in ATTACK_KEYS if settings.get(k) is not None}}
+    for flag, allowed in (("attacks", ATTACKS), ("attack_modes", MODES), ("attack_view", VIEWS)):
+        parse_list(merged.get(flag) or DEFAULTS[flag], allowed, f"--{flag}")
+    return isinstance(m, dict) and not missing(m, merged)
 
 
 def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] = None) -> dict:

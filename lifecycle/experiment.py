@@ -11,7 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
-from lifecycle.identity import attack_keys, default_filename, identity, select_results
+from lifecycle.identity import attack_keys, default_filename, identity
+from lifecycle.results import todo
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
 from utils import OutOfSpace, RunFailed, UserError, disk_full, resolve_device, seed_everything, write_json
@@ -171,8 +172,8 @@ def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, re
 
 def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
     """Attacks a trained run from its checkpoint with the attack flags given now (training flags are
-    taken from the run). Results for the run's own attack settings complete its `attack` section;
-    other settings go beside them, under `attack_variants.<digest>`, never over them."""
+    taken from the run). Each attack's results are keyed by its own settings and the attacker's view
+    (lifecycle/results.py): an attack's first settings own `attack.<attack>`, others go beside, never over."""
     if not run.config_path.exists() or not run.best_ckpt.exists():
         raise UserError(f"--attack_only needs a trained run in {run.dir} (config.json and checkpoints/best.pt); "
                         "check --folder/--filename or train it first")
@@ -192,10 +193,8 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
         if k in cfg:
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
-    block, tag, only, adopted = select_results(saved, metrics, merged, force=bool(cfg.get("force")))
-    if adopted:
-        write_json(run.config_path, saved)
-    if only == set():
+    force = bool(cfg.get("force"))
+    if not todo(metrics, merged, force):
         if metrics.get("status") != "finished":  # killed between the last result and the status
             metrics["status"] = "finished"
             write_json(run.metrics_path, metrics)
@@ -207,15 +206,15 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     tr = load_trained_run(run.dir, {k: merged.get(k) for k in attack_keys() | {"attack_modes", "device", "data_root",
                                                                                 "capture"}})
     check_attack_data(tr.cfg, tr.bundle)
-    return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress, block, tag, only)
+    return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress, force)
 
 
 def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool,
-            block: Optional[dict] = None, tag: str = "", only: Optional[set] = None) -> dict:
+            force: bool = False) -> dict:
     from lifecycle.attack_runner import run_attacks
 
     return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
-                       results=block, tag=tag, only=only)
+                       force=force)
 
 
 def main_guard(fn: Callable[[], int]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from attacks.flags import add_decoder_flags, add_gan_flags, add_rmle_flags
+from attacks.flags import add_decoder_flags, add_gan_flags, add_rmle_flags, add_view_flag
 from defenses.flags import add_defence_flags
 from utils import UserError
 
@@ -76,6 +76,7 @@ def build_parser(description: str = "Train one configuration, then attack it.") 
     a.add_argument("--attack_modes", default="train_time,infer_time",
                    help="comma list: train_time (attacker has the training images), infer_time (attacker has "
                         "90%% of the test set, scored on the rest) (default: %(default)s)")
+    add_view_flag(a)
     a.add_argument("--attacks", default="decoder",
                    help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from the "
                         "decoder), rmle (white-box optimisation) (default: %(default)s)")

@@ -6,9 +6,9 @@ that differ (`--force` overwrites). The identity is *every* setting of main_MIA.
 the ones listed in NOT_RESULT_KEYS, so a flag added later counts automatically. Add a flag to
 NOT_RESULT_KEYS only when it cannot change any number the run writes.
 
-Settings in the parser's "attack" group form the identity's `attack` part; the rest (model, data,
-training, defence, seed) the `train` part. A trained run can be attacked again with other attack
-settings (`--attack_only`): those results go beside the old ones, under their own attack identity.
+Settings in the parser's "attack" group form the identity's `attack` part (as the run was started);
+the rest (model, data, training, defence, seed) the `train` part. Attack results are keyed by each
+attack's own settings and the attacker's view, not by this part: lifecycle/results.py.
 
 Standard library only: run_exp.sh asks for names and states once per configuration (lifecycle/plan.py).
 """
@@ -33,7 +33,10 @@ NOT_RESULT_KEYS = frozenset({
     # how often a run saves itself: resume is exact, so never a result
     "checkpoint_seconds",
     # which results exist, not their values: a finished run missing some is completed with --attack_only
-    "attack_modes", "attacks", "no_attack",
+    # (each view's results are kept apart, lifecycle/results.py)
+    "attack_modes", "attacks", "no_attack", "attack_view",
+    # how often the GAN attack saves itself: its resume is exact, like checkpoint_seconds
+    "checkpoint_every",
 })
 
 
@@ -49,7 +52,7 @@ def attack_keys() -> frozenset:
     return frozenset()
 
 
-def _plain(v):
+def plain(v):
     """JSON-shaped value (what config.json will hold), so stored and fresh identities compare equal."""
     return json.loads(json.dumps(v, default=str))
 
@@ -58,8 +61,8 @@ def identity(cfg: dict) -> dict:
     attack = attack_keys()
     keys = sorted(k for k in cfg if k not in NOT_RESULT_KEYS)
     return {"format": RESULTS_FORMAT,
-            "train": {k: _plain(cfg[k]) for k in keys if k not in attack},
-            "attack": {k: _plain(cfg[k]) for k in keys if k in attack}}
+            "train": {k: plain(cfg[k]) for k in keys if k not in attack},
+            "attack": {k: plain(cfg[k]) for k in keys if k in attack}}
 
 
 def digest(part) -> str:
@@ -80,46 +83,6 @@ def identity_differences(old: dict, new: dict, part: str) -> list:
     if old.get("format") != new.get("format"):
         return [f"results format {old.get('format')} -> {new.get('format')}"]
     return differences(old.get(part) or {}, new.get(part) or {})
-
-
-def _words(spec) -> list:
-    return [w.strip() for w in (spec.split(",") if isinstance(spec, str) else spec or []) if w.strip()]
-
-
-def attack_results_missing(results: dict, cfg: dict) -> list:
-    """'attack/mode' entries that `cfg` asks for and `results` (metrics.json's attack section) lacks."""
-    attacks = _words(cfg.get("attacks") or "decoder")
-    return [f"{a}/{m}" for a in attacks for m in _words(cfg.get("attack_modes"))
-            if not isinstance((results.get(a) or {}).get(m), dict)]
-
-
-def select_results(saved: dict, metrics: dict, cfg: dict, force: bool = False):
-    """Where attack results for the attack settings of `cfg` go in a trained run's metrics.json.
-
-    Returns (results dict inside `metrics`, file-name tag, (attack, mode) pairs to run or None for all,
-    whether `saved` (config.json) was changed and must be written). The run's own attack settings own
-    `metrics["attack"]`; a run without any attack results yet (trained with --no_attack) adopts the
-    given ones; other settings get `metrics["attack_variants"][digest]`, files tagged `_<digest>`.
-    """
-    settings = identity(cfg)["attack"]
-    ident = saved.get("identity")
-    adopted = False
-    if not metrics.get("attack"):
-        metrics["attack_settings"] = settings  # also for folders made before identities were recorded
-        if ident:
-            saved.update({k: cfg[k] for k in settings})
-            ident["attack"] = settings
-            metrics.update(identity=ident, config=saved)
-            adopted = True
-        results, tag = metrics.setdefault("attack", {}), ""
-    elif settings == (metrics.get("attack_settings") or (ident or {}).get("attack")):
-        results, tag = metrics["attack"], ""
-    else:
-        label = digest(settings)
-        variant = metrics.setdefault("attack_variants", {}).setdefault(label, {"settings": settings, "attack": {}})
-        results, tag = variant["attack"], f"_{label}"
-    only = None if force else {tuple(m.split("/", 1)) for m in attack_results_missing(results, cfg)}
-    return results, tag, only, adopted
 
 
 def fmt_num(x) -> str:

@@ -2,9 +2,10 @@
 
     python -m lifecycle.plan [--suffix TAG] <main_MIA.py flags>   ->   "<state> <run folder name>"
 
-state: new, resume (a checkpoint to continue), attack (trained, attacked with other settings: run with
---attack_only to add these beside), incomplete (trained, some requested attack results missing: a plain
-rerun or --attack_only adds them), finished, conflict (the folder holds another configuration).
+state: new, resume (a checkpoint to continue), attack (trained, an attack it has results of asked for
+with other settings: run with --attack_only to add these beside), incomplete (trained, some requested
+attack results missing, those of an earlier results version of an attack included: a plain rerun or
+--attack_only adds them), finished, conflict (the folder holds another configuration).
 Standard library only: it must not pay for importing torch once per configuration.
 """
 from __future__ import annotations

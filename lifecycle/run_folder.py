@@ -11,7 +11,8 @@ import os
 import time
 from pathlib import Path
 
-from lifecycle.identity import attack_results_missing, identity, identity_differences
+from lifecycle.identity import identity, identity_differences
+from lifecycle.results import attack_state
 from utils import UserError, reject_non_finite
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
@@ -75,13 +76,12 @@ class Run:
             return ("resume" if self.last_ckpt.exists() else "new"), ""
         if cfg.get("no_attack"):
             return "finished", ""
-        diff = identity_differences(old, ident, "attack")
-        if diff:
-            return "attack", (f"{self.dir} was trained with these settings but attacked with others "
-                              f"({'; '.join(diff)}); --attack_only adds these results beside the old ones")
-        missing = attack_results_missing(metrics.get("attack") or {}, cfg)
-        if missing or metrics.get("status") != "finished":  # status: killed after the last result
-            return "incomplete", (f"{self.dir} is trained but has no results for {', '.join(missing) or 'some modes'}; "
+        state, detail = attack_state(metrics, cfg)
+        if state == "attack":
+            return "attack", (f"{self.dir} was trained with these settings but attacked with others ({detail}); "
+                              "--attack_only adds these results beside the old ones")
+        if state == "incomplete":
+            return "incomplete", (f"{self.dir} is trained but has no results for {detail}; "
                                   "add them with --attack_only")
         return "finished", ""
 

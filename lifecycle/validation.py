@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from attacks.flags import ATTACKS, MODES
+from attacks.flags import ATTACKS, MODES, VIEWS
 from lifecycle.flags import parse_list
 from utils import UserError
 
@@ -55,6 +55,7 @@ def validate(cfg: dict) -> None:
         raise UserError("--select_on must be 'val' (held-out 10% of train) or 'test' (the paper code)")
     parse_modes(cfg["attack_modes"])
     parse_list(cfg.get("attacks") or "decoder", ATTACKS, "--attacks")
+    parse_list(cfg.get("attack_view") or "sent", VIEWS, "--attack_view")
     if str(cfg.get("capture", "auto")) not in ("auto", "on", "off"):
         raise UserError(f"bad --capture '{cfg.get('capture')}'; choose auto, on or off")
     from defenses.at_options import at_options

@@ -198,15 +198,24 @@ def test_killed_gan_attack_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
 
 def test_sweep_skips_attacked_runs(tmp_path):
+    from lifecycle.results import attack_key, slot
+
     a = make_run(tmp_path, "a")
     b = make_run(tmp_path, "b")
     make_run(tmp_path, "unfinished", finished=False)
     m = json.loads((a / "metrics.json").read_text())
-    m["attack"] = {"gan": {"train_time": {"final": {}}}}
+    slot(m, "gan", attack_key({**m["config"], **TINY}, "gan"), "sent").results["train_time"] = {"final": {}}
     (a / "metrics.json").write_text(json.dumps(m))
+    # GAN results recorded before results versions (another generator and critic design) count as missing
+    m = json.loads((b / "metrics.json").read_text())
+    m["attack"] = {"gan": {"train_time": {"final": {}}}}
+    (b / "metrics.json").write_text(json.dumps(m))
     seen = []
     status = sweep(tmp_path, TINY, run=lambda r, s: seen.append(r.name))
     assert seen == ["b"] and status == {str(a): "skipped", str(b): "attacked"}
+    seen.clear()
+    sweep(tmp_path, {**TINY, "n_critic": 5}, run=lambda r, s: seen.append(r.name))  # other GAN settings
+    assert seen == ["a", "b"]
     seen.clear()
     sweep(tmp_path, TINY, force=True, run=lambda r, s: seen.append(r.name))
     assert seen == ["a", "b"]

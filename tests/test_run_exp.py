@@ -78,6 +78,7 @@ def finish(cmd: str, tmp_path, status="finished"):
     import shlex
 
     from lifecycle.identity import identity
+    from lifecycle.results import attack_key
     from main_MIA import build_parser
 
     cfg = vars(build_parser().parse_args(shlex.split(cmd.removeprefix("[skip] "))[2:]))
@@ -85,7 +86,8 @@ def finish(cmd: str, tmp_path, status="finished"):
     run_dir.mkdir(parents=True)
     m = {"status": status, "identity": identity(cfg), "config": cfg}
     if status == "finished":
-        m.update(train={"test_acc": 50.0}, attack={"decoder": {"train_time": {}, "infer_time": {}}})
+        m.update(train={"test_acc": 50.0}, attack_settings={"decoder": attack_key(cfg, "decoder")},
+                 attack={"decoder": {"train_time": {}, "infer_time": {}}})
     (run_dir / "config.json").write_text(json.dumps({**cfg, "identity": identity(cfg)}))
     (run_dir / "metrics.json").write_text(json.dumps(m))
     return run_dir
@@ -196,6 +198,8 @@ def test_defenses_sweep_dimension_and_preset(tmp_path):
     assert defs == {"None", "gan_adv_step1", "dropout0.2", "topkprune0.5", "gan_adv_step1_pruning180"}
     assert len(preset) == 10 and all("--dataset cifar10" in c for c in preset)
     assert {flag(c, "--lambd") for c in preset} == {"0", "16"}
+    assert all(flag(c, "--attack_view") == "sent\\,noise_only" for c in preset)  # both views (quoted comma)
+    assert not any("--attack_view" in c for c in cmds)
     for args in (("--at_strengths", "0"), ("--preset", "paper"), ("--defenses", "a;b")):
         r = sh("--dry-run", "--defenses", "dropout0.2", *args, tmp=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
@@ -205,6 +209,7 @@ FAKE_EXPERIMENT = r'''
 # Stand-in for lifecycle/experiment.py: the real main_MIA.py and run identity, no training.
 import json, os, sys, time
 from lifecycle.identity import identity
+from lifecycle.results import attack_key
 
 
 def main_guard(fn):
@@ -235,6 +240,7 @@ def run_experiment(cfg, progress=True):
     res = {"final": {"mse_mean": 0.01 + s + l / 100, "mse_std": 0.0, "ssim_mean": 0.5, "ssim_std": 0.0,
                      "psnr_mean": 15.0, "psnr_std": 0.0}}
     m.update(status="finished", train={"test_acc": 80 - 10 * s},
+             attack_settings={"decoder": attack_key(cfg, "decoder")},
              attack={"decoder": {"train_time": res, "infer_time": res}})
     json.dump(m, open(os.path.join(d, "metrics.json"), "w"))
     print("trained", cfg["filename"])

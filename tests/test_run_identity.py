@@ -59,8 +59,8 @@ def test_attack_only_with_new_settings_adds_results_beside(capsys, copy_run):
     assert main_MIA.main(argv + ["--attack_epochs", "2", "--attack_only"]) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["attack"]["decoder"]["train_time"] == first
-    (variant,) = m["attack_variants"].values()
-    new = variant["attack"]["decoder"]["train_time"]
+    (variant,) = m["attack_variants"]["decoder"].values()
+    new = variant["results"]["sent"]["train_time"]
     assert variant["settings"]["attack_epochs"] == 2 and new["epochs"] == 2
     assert (run / new["grid"]).exists() and (run / first["grid"]).exists() and first["grid"] != new["grid"]
     capsys.readouterr()
@@ -112,7 +112,7 @@ def test_attacks_of_a_run_folder_with_other_settings_go_beside(tmp_path, capsys)
     assert attack_run(run, settings)["attack"]["rmle"]["train_time"] == first   # not redone ...
     assert "already finished" in capsys.readouterr().out
     m = attack_run(run, {**settings, "rmle_steps": 3})                          # ... nor overwritten
-    (variant,) = m["attack_variants"].values()
+    (variant,) = m["attack_variants"]["rmle"].values()
     assert m["attack"]["rmle"]["train_time"] == first and variant["settings"]["rmle_steps"] == 3
-    assert variant["attack"]["rmle"]["train_time"]["grid"] != first["grid"]
+    assert variant["results"]["sent"]["train_time"]["grid"] != first["grid"]
     assert attack_run(run, {**settings, "force": True})["attack"]["rmle"]["train_time"]["grid"] == first["grid"]

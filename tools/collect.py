@@ -9,14 +9,16 @@ import math
 from pathlib import Path
 
 from lifecycle.identity import NOT_RESULT_KEYS
+from lifecycle.results import SENT, entries
 from utils import NotStrictJSON, reject_non_finite
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
 # Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
 # differ in anything but σ and λ (the table's axes) and the seed (averaged in a cell) never share a
-# table, and the title names any other setting that differs between tables.
+# table, and the title names any other setting that differs between tables. `view`: what the attacker's
+# queries went through (sent, noise_only), named in every title.
 GROUP_KEYS = ("dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "var_threshold",
-              "num_epochs", "defense", "at_strength")
+              "num_epochs", "defense", "at_strength", "view")
 AXES = ("regularization_strength", "lambd", "random_seed",
         "AT_regularization", "AT_regularization_strength")  # the last two: the title's defence, strength
 # config.json entries derived from the data or the machine: no part of an identity.
@@ -52,11 +54,7 @@ def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
         if status != "finished":
             warnings.append(f"skipping {path}: status is {status!r}, not 'finished'")
             continue
-        rec = _record(path, data)
-        runs.append(rec)
-        for label, variant in (data.get("attack_variants") or {}).items():  # --attack_only with other settings
-            if isinstance(variant, dict):
-                runs.append(_variant(rec, label, variant))
+        runs += _records(_record(path, data), data)
     runs, notes = drop_duplicates(runs)
     return runs, warnings + notes
 
@@ -87,31 +85,41 @@ def drop_duplicates(runs: list[dict]) -> tuple[list[dict], list[str]]:
             others = ", ".join(str(Path(c["path"]).parent) for c in copies[1:])
             notes.append(f"counted once: {len(copies)} folders hold the same run (same settings, seed "
                          f"{copies[0]['identity'].get('random_seed')}); kept {first} ({why}), not counted: {others}")
-    # A run's attack variants are records of their own, and repeat the same note.
+    # A run's views and attack variants are records of their own, and repeat the same note.
     return [r for r in runs if id(r) in kept], list(dict.fromkeys(notes))
 
 
 def _identity(data: dict) -> dict:
-    """Everything that identifies the run, flattened; older files without one: their config, less derived keys."""
+    """What identifies the run's training, flattened; older files without one: their config, less derived
+    keys. Attack settings join per attack and record (`_records`)."""
     ident = data.get("identity") if isinstance(data.get("identity"), dict) else None
     if ident is None:
         cfg = data["config"]
         return {k: v for k, v in cfg.items() if k not in NOT_RESULT_KEYS and k not in DERIVED_KEYS}
     out = {"format": ident.get("format")}
     out.update(ident.get("train") or {})
-    out.update({f"attack.{k}": v for k, v in (ident.get("attack") or {}).items()})
     return out
 
 
-def _variant(rec: dict, label: str, variant: dict) -> dict:
-    ident = {k: v for k, v in rec["identity"].items() if not k.startswith("attack.")}
-    ident.update({f"attack.{k}": v for k, v in (variant.get("settings") or {}).items()})
-    attacks = {}
-    for attack, modes in (variant.get("attack") or {}).items():
-        for mode, res in (modes.items() if isinstance(modes, dict) else []):
-            if isinstance(res, dict):
-                attacks[(attack, mode)] = res
-    return {**rec, "filename": f"{rec['filename']}@{label}", "identity": ident, "attacks": attacks}
+def _records(base: dict, data: dict) -> list[dict]:
+    """The run's records: one per attacker view of its own attack settings (view `sent` always, for its
+    accuracy), and one per other setting of one attack and view, each holding the results of that
+    setting only. Identities gain `view` and, per attack with results, `<attack>.<setting>`."""
+    def record(view, **more):
+        return {**base, "view": view, "identity": {**base["identity"], "view": view}, "attacks": {}, **more}
+
+    own, others = {SENT: record(SENT)}, []
+    for e in entries(data):
+        if e.variant is None:
+            if e.view not in own:
+                own[e.view] = record(e.view)
+            rec = own[e.view]
+        else:
+            rec = record(e.view, filename=f"{base['filename']}@{e.attack}-{e.variant}", variant=e.variant)
+            others.append(rec)
+        rec["identity"].update({f"{e.attack}.{k}": v for k, v in (e.key or {}).items()})
+        rec["attacks"].update({(e.attack, m): r for m, r in e.modes.items() if isinstance(r, dict)})
+    return list(own.values()) + others
 
 
 def _record(path: Path, data: dict) -> dict:
@@ -133,18 +141,13 @@ def _record(path: Path, data: dict) -> dict:
         "test_acc": _num(train.get("test_acc")),
         "identity": _identity(data),
         "attacks": {},
+        "view": SENT,
+        "variant": None,
     }
     # The --AT_regularization defence; strength 0 switches it off, so such a run is a plain one.
     at, st = cfg.get("AT_regularization"), _num(cfg.get("AT_regularization_strength"))
     on = at not in (None, "") and str(at).lower() != "none" and bool(st)
     rec["defense"], rec["at_strength"] = (str(at), st) if on else ("None", None)
-    attacks = data.get("attack") if isinstance(data.get("attack"), dict) else {}
-    for attack, modes in attacks.items():
-        if not isinstance(modes, dict):
-            continue
-        for mode, res in modes.items():
-            if isinstance(res, dict):
-                rec["attacks"][(attack, mode)] = res
     return rec
 
 
@@ -175,9 +178,12 @@ def sort_key(value):
     return (2, 0, str(value))
 
 
-def _rest(rec: dict) -> str:
-    """The identity less the title's keys and the table's axes, as one comparable string."""
-    return json.dumps({k: v for k, v in rec["identity"].items() if k not in GROUP_KEYS and k not in AXES},
+def _rest(rec: dict, attack=None) -> str:
+    """The identity less the title's keys and the table's axes (and, for one attack's tables, the other
+    attacks' settings), as one comparable string."""
+    others = tuple(f"{a}." for a in ATTACK_ORDER if a != attack) if attack else ()
+    return json.dumps({k: v for k, v in rec["identity"].items()
+                       if k not in GROUP_KEYS and k not in AXES and not k.startswith(others)},
                       sort_keys=True, default=str)
 
 
@@ -199,19 +205,27 @@ def group_title(key: tuple) -> str:
         parts.append(f"{d['num_epochs']:g} epoch{'' if d['num_epochs'] == 1 else 's'}")
     if d.get("defense") not in (None, "None"):
         parts.append(f"defence {d['defense']} (strength {d['at_strength']:g})")
+    if d.get("view") is not None:
+        parts.append(f"attacker view {d['view']}")
     for k, v in (key[len(GROUP_KEYS)] if len(key) > len(GROUP_KEYS) else ()):
         parts.append(f"{k}={v}")
     return ", ".join(parts)
 
 
-def groups(runs: list[dict]) -> list[tuple[tuple, list[dict]]]:
+def groups(runs: list[dict], attack=None) -> list[tuple[tuple, list[dict]]]:
     """Runs split into table groups by full identity (less σ, λ, seed), in a deterministic order.
 
     A group's key is its GROUP_KEYS values plus the other settings whose values differ between groups.
+    With `attack`, the groups of that attack's tables: the records holding its results, told apart by
+    its own settings only (another attack's settings never split them); when no record holds any, each
+    run's own records (accuracy only).
     """
+    if attack is not None:
+        runs = [r for r in runs if any(a == attack for a, _ in r["attacks"])] or \
+            [r for r in runs if r.get("variant") is None]
     out: dict[tuple, list[dict]] = {}
     for r in runs:
-        out.setdefault((group_key(r), _rest(r)), []).append(r)
+        out.setdefault((group_key(r), _rest(r, attack)), []).append(r)
     rests = [json.loads(rest) for _, rest in out]
     names = sorted({k for r in rests for k in r})
     varying = [k for k in names if len({json.dumps(r.get(k, "<unset>"), default=str) for r in rests}) > 1]

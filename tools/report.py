@@ -6,11 +6,13 @@
 Reads every metrics.json under <folder> (recursively; unfinished or unreadable ones, and ones holding
 NaN or Infinity, which is not JSON, are skipped with a warning; copies of one run -- same settings and
 seed -- count once, with a warning naming them) and writes into --out (default <folder>):
-  results.csv   one row per run: configuration, test accuracy, mean/std MSE, SSIM, SSIM (library
-                convention), PSNR for every attack mode found (columns <attack>_<mode>_<metric>_<stat>,
-                taken from the --which decoder)
+  results.csv   one row per run and attacker view (column view: sent or noise_only; other settings of
+                one attack: a row <run>@<attack>-<digest>): configuration, test accuracy, mean/std MSE,
+                SSIM, SSIM (library convention), PSNR for every attack mode found (columns
+                <attack>_<mode>_<metric>_<stat>, taken from the --which decoder)
   results.md    one table per group of runs (dataset, arch, cut layer, and the other settings that must
-                match: bottleneck, regularisation, τ, epochs, --AT_regularization defence and strength);
+                match: bottleneck, regularisation, τ, epochs, --AT_regularization defence and strength,
+                the attacker view, named in the title, and --attack's own settings);
                 rows σ ascending, columns λ ascending, cells "accuracy / MSE / SSIM / PSNR" for
                 --attack/--mode/--which; where runs carry several attacks (decoder, gan, rmle), a
                 second table per group puts them side by side; then, where runs with λ = 0 and λ > 0
@@ -29,7 +31,7 @@ from pathlib import Path
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
-                  "lambd", "var_threshold", "num_epochs", "defense", "at_strength", "test_acc"]
+                  "lambd", "var_threshold", "num_epochs", "defense", "at_strength", "view", "test_acc"]
 DASH = "–"
 
 
@@ -176,11 +178,11 @@ def run(args) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot create output folder '{out}' ({e.strerror}); pass a writable --out") from None
-    grouped = groups(runs)
+    grouped = groups(runs, args.attack)  # split by this attack's settings only, not by other attacks'
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
     md = markdown(grouped, args.attack, args.mode, args.which)
-    side = comparison(grouped, args.mode, args.which)
+    side = comparison(groups(runs), args.mode, args.which)
     md = md + ("\n" + side if side else "")
     from tools.gain import gain_markdown
 
