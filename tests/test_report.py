@@ -240,8 +240,7 @@ def test_a_metrics_file_holding_nan_is_named_not_read(word, tmp_path, capsys):
 
 def test_copies_are_told_apart_by_identity_not_by_folder(tmp_path):
     # What main_MIA.py records: a copy run on another device is the same run; another seed is not.
-    from run_identity import identity
-
+    from lifecycle.identity import identity
     from main_MIA import build_parser
     from tools.collect import load_runs
 
