@@ -45,7 +45,7 @@ def tradeoff_figure(grouped, out: Path, attack: str, mode: str, which: str, name
             ax.legend(fontsize=8)
         ax.set_title("\n".join(textwrap.wrap(group_title(key), 48)), fontsize=9)
         ax.set_xlabel(f"{attack} attack MSE ({mode}, {which}); higher = more private"
-                      + ("; bars ± sd over seeds" if any(c["n"] > 1 for c in cells.values()) else ""))
+                      + ("\nerror bars: ± sd over seeds" if any(c["n"] > 1 for c in cells.values()) else ""))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
@@ -56,3 +56,49 @@ def tradeoff_figure(grouped, out: Path, attack: str, mode: str, which: str, name
     plt.close(fig)
     return path
 
+
+# train_log.csv columns drawn per run, each in its own small panel: (title, [(column, legend)]).
+CURVES = (("accuracy (%)", [("train_acc", "train"), ("val_acc", "validation")]),
+          ("CEM term", [("cem_loss", None)]),
+          ("mean cluster variance", [("cem_mean_var", None)]),
+          ("λ_eff", [("lambda_eff", None)]))
+
+
+def _column(rows, key):
+    """(epochs, values) where the column holds a number; CEM's columns are empty without CEM."""
+    pts = []
+    for r in rows:
+        try:
+            pts.append((float(r["epoch"]), float(r[key])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return tuple(zip(*pts)) if pts else ((), ())
+
+
+def curves_figure(rows: list[dict], title: str, path: Path, empty: str = "not logged") -> Path:
+    """One run's training curves from its train_log.csv rows, as a row of small multiples; `empty` is
+    written in a panel whose columns hold no number (CEM's, in a run without CEM)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(2.4 * len(CURVES), 2.0), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, CURVES):
+        drawn = False
+        for key, legend in series:
+            xs, ys = _column(rows, key)
+            if xs:
+                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=legend)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        elif any(legend for _, legend in series):
+            ax.legend(fontsize=6)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

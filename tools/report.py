@@ -20,6 +20,8 @@ seed -- count once, with a warning naming them) and writes into --out (default <
                 for each run's strongest attacker (tools/gain.py, tools/stats.py)
   tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ,
                 error bars ± sd over seeds
+  report.html   one page with all of it, per-attack trade-off plots, λ = 0 vs λ > 0 reconstructions
+                of the same images and per-run training curves; images in report_files/ (tools/html_report.py)
 Exit status 2 with a one-line message when there is nothing to report.
 """
 from __future__ import annotations
@@ -197,14 +199,21 @@ def run(args) -> list[Path]:
 
     gain = gain_markdown(grouped, args.attack, args.mode, args.which)
     md_path.write_text(md + gain)
-    from tools.plot import tradeoff_figure  # matplotlib is slow to import; only needed here
+    # matplotlib is slow to import; only needed here
+    from tools.html_report import write_html
+    from tools.plot import tradeoff_figure
 
     png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
+    summary = f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else "")
+    html_path = write_html(out, grouped, [(None, gain), ("Results per setting", md)], args.attack, args.mode,
+                           args.which, f"{summary} under {folder}; {args.attack} attack, {args.mode} mode, "
+                           f"{args.which} reconstructor.")
     print(md + gain)
-    print(f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
+    print(summary)
     for p in (csv_path, md_path, png_path):
         print(f"wrote {p}")
-    return [csv_path, md_path, png_path]
+    print(f"report page: {html_path}")
+    return [csv_path, md_path, png_path, html_path]
 
 
 def main(argv=None) -> int:
