@@ -69,7 +69,7 @@ def test_page_holds_tables_plots_grids_and_curves(tmp_path, capsys):
     root = paired_sweep(tmp_path / "runs")
     assert report.main([str(root)]) == 0
     out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == f"report page: {root / 'report.html'}"
+    assert out.strip().splitlines()[-1] == f"wrote {root / 'report.html'}"
     page = page_of(root)
     check_self_contained(root, page)
     text = " ".join(page.text)

@@ -131,7 +131,7 @@ def gain_markdown(grouped, attack: str, mode: str, which: str) -> str:
     if not rows:
         return ""
     level = f"{LEVEL:.0%}"
-    out = ["## CEM gain per defence\n"]
+    out = ["\n## CEM gain per defence\n"]
     for setting in dict.fromkeys(r["setting"] for r in rows):
         out.append(f"**{setting}**\n")
         out.append(f"| defence | σ | λ | seeds | accuracy no CEM | accuracy CEM | Δ accuracy [{level}] | MSE no CEM | "

@@ -210,9 +210,8 @@ def run(args) -> list[Path]:
                            f"{args.which} reconstructor.")
     print(md + gain)
     print(summary)
-    for p in (csv_path, md_path, png_path):
+    for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")
-    print(f"report page: {html_path}")
     return [csv_path, md_path, png_path, html_path]
 
 
