@@ -124,3 +124,12 @@ def test_sweep_without_grids_or_logs_still_gets_a_page(tmp_path, capsys):
     text = " ".join(page.text)
     assert "No run has a decoder/train_time grid" in text and "No run folder holds a train_log.csv" in text
 
+
+
+def test_a_damaged_grid_is_named_not_fatal(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_run(root, 0.05, 0.0, 125, 30.0, {"decoder": 0.1})
+    run = write_run(root, 0.05, 16.0, 125, 29.0, {"decoder": 0.2})
+    (run / "images" / "decoder_train_time.png").write_bytes(b"\x89PNG truncated")
+    assert report.main([str(root)]) == 0
+    assert "Checked: a grid could not be read." in " ".join(page_of(root).text)

@@ -99,9 +99,17 @@ def _originals(path: Path):
         return im.crop((0, 0, im.width, im.height // 2))
 
 
-def same_originals(a: Path, b: Path) -> bool:
-    x, y = _originals(a), _originals(b)
+def same_originals(a: Path, b: Path):
+    """True/False, or None when a grid cannot be read (a damaged PNG must not cost the whole page)."""
+    try:
+        x, y = _originals(a), _originals(b)
+    except (OSError, ValueError):
+        return None
     return x.size == y.size and ImageChops.difference(x, y).getbbox() is None
+
+
+def _g(v) -> str:
+    return "–" if v is None else f"{v:g}"
 
 
 def _grid_path(rec: dict, attack: str, mode: str):
@@ -131,12 +139,13 @@ def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
                 copy = files / "grids" / _safe(f"{grids[lam].parent.parent.name}_{grids[lam].name}")
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(grids[lam], copy)
-                figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={s:g} λ={lam:g} grid')}"
-                            f"<figcaption>λ = {lam:g}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
-            same = all(same_originals(grids[0], p) for p in grids.values())
+                figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={_g(s)} λ={_g(lam)} grid')}"
+                            f"<figcaption>λ = {_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
+            same = [same_originals(grids[0], p) for p in grids.values()]
             check = ("same evaluation images in every grid (their rows of originals are identical, pixel for pixel)"
-                     if same else "the grids' originals differ: these runs were scored on different images")
-            rows.append(f"<h4>σ = {s:g}, seed {_e(seeds[0])}</h4><div class=\"row\">{''.join(figs)}</div>"
+                     if all(same) else "a grid could not be read" if None in same
+                     else "the grids' originals differ: these runs were scored on different images")
+            rows.append(f"<h4>σ = {_g(s)}, seed {_e(seeds[0])}</h4><div class=\"row\">{''.join(figs)}</div>"
                         f'<p class="note">Top row of each grid: originals; below: the {_e(attack)} attack\'s '
                         f"reconstructions ({_e(mode)}). Checked: {check}.</p>")
         if rows:
@@ -163,7 +172,7 @@ def training_curves(grouped, files: Path) -> str:
             rows = _train_log(r)
             if not rows:
                 continue
-            label = f"σ={r['sigma']:g} λ={r['lambd']:g} seed {seed_of(r)}"
+            label = f"σ={_g(r['sigma'])} λ={_g(r['lambd'])} seed {seed_of(r)}"
             png = curves_figure(rows, f"{label}: {r['filename']}", files / "curves" / f"{_safe(r['filename'])}.png",
                                 empty="no CEM at λ = 0" if r["lambd"] == 0 else "not logged")
             figs.append(f"<figure class=\"wide\">{_img(f'{FILES}/curves/{png.name}', f'training curves {label}')}"
