@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper sweep: datasets × cut layers × σ × λ, one main_MIA.py run (training + decoder attack) per
-# configuration, then a results table (python -m tools.report). Run `bash run_exp.sh --help`.
+# The paper sweep: datasets × cut layers × σ × seeds × λ, one main_MIA.py run (training + decoder attack)
+# per configuration, then a results table (python -m tools.report). Run `bash run_exp.sh --help`.
 set -uo pipefail
 set -f  # sweep lists and --extra are split into words; never glob-expand them
 
@@ -23,11 +23,12 @@ usage() {
   cat <<'EOF'
 Usage: bash run_exp.sh [options]
 
-Trains and attacks every configuration of datasets × cut layers × σ × λ with main_MIA.py, then writes
-results.csv / results.md / tradeoff.png with tools.report. Run folders are named and recognised by
-their identity (lifecycle/identity.py: every setting that changes results, --extra flags included): a
-configuration already finished with the same identity is skipped, a killed one is resumed, a trained
-one missing attack results gets them with --attack_only; a changed setting is a new configuration.
+Trains and attacks every configuration of datasets × cut layers × σ × seeds × λ with main_MIA.py, then
+writes results.csv / results.md / tradeoff.png / report.html with tools.report. Run folders are named
+and recognised by their identity (lifecycle/identity.py: every setting that changes results, --extra
+flags included): a configuration already finished with the same identity is skipped, a killed one is
+resumed, a trained one missing attack results gets them with --attack_only; a changed setting is a new
+configuration.
 SIGTERM or Ctrl-C stops the running configuration resumably (from its last checkpoint), prints
 the summary of done / failed / interrupted configurations and exits 143 (130 for Ctrl-C); rerun the
 same command to continue. Relative paths are relative to the repository root (the script runs from there).
@@ -53,21 +54,27 @@ which beats the dataset preset, which beats the built-in default):
   --batch_size N               [BATCH]                                           (128)
   --attack_epochs N            decoder attack epochs [ATTACK_EPOCHS]             (50)
   --gan_AE_type NAME           attack decoder [GAN_AE_TYPE]                      (res_normN8C64)
-  --seed N                     [SEED]                                            (125)
+  --seeds "125 126 127"        random seeds [SEEDS or SEED]                      (125)
+                               every λ runs with every seed, so λ = 0 and λ > 0 are paired by seed:
+                               the report's CEM gain is the mean of the per-seed gains, with a 95%
+                               interval; cells show mean ± sd over the seeds
+  --seed N                     one seed (the same as --seeds N)
   --data_root DIR              [DATA_ROOT]                                       (./data)
   --folder DIR                 results folder [FOLDER]                           (./runs/<dataset>)
   --device NAME                auto, cpu, cuda, cuda:N, mps [DEVICE]             (auto)
   --extra "FLAGS"              more main_MIA.py flags, appended as is [EXTRA]; not those the options
                                above set per configuration (--dataset, --cutlayer, --lambd,
-                               --regularization_strength, --AT_regularization[_strength], --random_seed):
-                               --extra "--lambd 3" is refused, put λ values in --lambdas
+                               --regularization_strength, --AT_regularization[_strength],
+                               --random_seed): --extra "--lambd 3" is refused, put λ values in
+                               --lambdas (and seeds in --seeds)
   --tag TEXT                   suffix for run names (names already differ when any setting does) [TAG]
   --python PATH                Python interpreter, e.g. a venv's [PYTHON]        (python)
   --preset defenses            the paper's CIFAR-10 defence grid: --defenses "None gan_adv_step1
                                dropout0.2 topkprune0.5 gan_adv_step1_pruning180", --at_strengths 1,
-                               λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win),
-                               attacked in both attacker views (--attack_view sent,noise_only: what the
-                               device sends, and the published attacker's noise-only queries);
+                               λ "0 16", folder ./runs/cifar10_defenses (flags/environment still win;
+                               add --seeds "125 126 127" for intervals), attacked in both attacker views
+                               (--attack_view sent,noise_only: what the device sends, and the published
+                               attacker's noise-only queries);
                                `python -m tools.report` then adds the CEM-gain table
   --executor local|slurm       where configurations run (local); see "Running the sweep" in README.md
   --gpus 0,1                   local: GPUs to use, one configuration pinned to each (all visible ones)
@@ -78,7 +85,8 @@ which beats the dataset preset, which beats the built-in default):
                                slurm: each configuration is one task of a job array, through submitit
   --quick                      small CEM-vs-no-CEM demo: σ 0.05, λ "0 16", 10 epochs at batch 32 and
                                lr 0.0125, 3,000 training images, folder ./runs/quick; uses
-                               CIFAR-10 if available (or downloadable), else scikit-learn digits
+                               CIFAR-10 if available (or downloadable), else scikit-learn digits;
+                               with --seeds "125 126 127" the CEM gain gets a 95% interval
   --dry-run                    print the commands (finished ones prefixed "[skip]") and how the
                                executor would run them (Slurm: the sbatch settings), run nothing and
                                write nothing; with --quick, CIFAR-10 counts as present when DATA_ROOT
@@ -101,11 +109,12 @@ note() { echo "$*" >&2; }
 
 # Settings that follow the precedence flag > environment > preset > default.
 VARS="DATASETS ARCH CUTLAYERS BOTTLENECK SIGMAS LAMBDAS VAR_THRESHOLD LOG_ENTROPY LR EPOCHS BATCH
-ATTACK_EPOCHS GAN_AE_TYPE REGULARIZATION SEED DATA_ROOT FOLDER DEVICE EXTRA TAG PYTHON DEFENSES AT_STRENGTHS"
+ATTACK_EPOCHS GAN_AE_TYPE REGULARIZATION SEEDS DATA_ROOT FOLDER DEVICE EXTRA TAG PYTHON DEFENSES AT_STRENGTHS"
 is_set() { eval "[[ -n \${$1+x} ]]"; }
 
 # Remember what the environment says before defaults overwrite the same names.
 [[ -n ${DATASET+x} && -z ${DATASETS+x} ]] && DATASETS=$DATASET
+[[ -n ${SEED+x} && -z ${SEEDS+x} ]] && SEEDS=$SEED
 for v in $VARS; do
   if is_set "$v"; then printf -v "ENV_$v" '%s' "${!v}"; fi
 done
@@ -130,7 +139,7 @@ while [[ $# -gt 0 ]]; do
   case $arg in
     --dataset|--datasets|--cutlayer|--cutlayers|--sigma|--sigmas|--lambd|--lambda|--lambdas|--arch|\
     --bottleneck|--bottleneck_option|--var_threshold|--log_entropy|--regularization|--lr|--learning_rate|\
-    --epochs|--num_epochs|--batch_size|--batch|--attack_epochs|--gan_AE_type|--seed|--random_seed|\
+    --epochs|--num_epochs|--batch_size|--batch|--attack_epochs|--gan_AE_type|--seed|--seeds|--random_seed|\
     --data_root|--folder|--device|--extra|--tag|--python|--defenses|--at_strengths|--preset)
       [[ $# -ge 2 ]] || die "option $arg needs a value (see --help)" ;;
     *) die "unknown option '$arg' (see --help)" ;;
@@ -150,7 +159,7 @@ while [[ $# -gt 0 ]]; do
     --batch_size|--batch) set_flag BATCH "$2" ;;
     --attack_epochs) set_flag ATTACK_EPOCHS "$2" ;;
     --gan_AE_type) set_flag GAN_AE_TYPE "$2" ;;
-    --seed|--random_seed) set_flag SEED "$2" ;;
+    --seed|--seeds|--random_seed) set_flag SEEDS "$2" ;;
     --data_root) set_flag DATA_ROOT "$2" ;;
     --folder) set_flag FOLDER "$2" ;;
     --device) set_flag DEVICE "$2" ;;
@@ -169,7 +178,7 @@ configure() {
   local ds=$1 v
   ARCH=vgg11_bn_sgm CUTLAYERS=4 BOTTLENECK=noRELU_C8S1 VAR_THRESHOLD=0.125
   SIGMAS="0.01 0.025 0.05 0.1 0.15" LAMBDAS="0 8 16" LOG_ENTROPY=1 LR=0.05 EPOCHS=240 BATCH=128
-  ATTACK_EPOCHS=50 GAN_AE_TYPE=res_normN8C64 REGULARIZATION=Gaussian_kl SEED=125 DATA_ROOT=./data
+  ATTACK_EPOCHS=50 GAN_AE_TYPE=res_normN8C64 REGULARIZATION=Gaussian_kl SEEDS=125 DATA_ROOT=./data
   FOLDER=./runs/$(safe_name "$ds") DEVICE=auto EXTRA="" TAG="" PYTHON=python
   QUICK_EXTRA="" PRESET_EXTRA="" DEFENSES=None AT_STRENGTHS=1
   if [[ $PRESET == defenses ]]; then
@@ -210,7 +219,7 @@ safe_name() {
 
 # main_MIA.py settings that run_exp.sh sets per configuration, with the option that sweeps (or sets) each.
 SWEPT="dataset:--datasets cutlayer:--cutlayers regularization_strength:--sigmas lambd:--lambdas
-AT_regularization:--defenses AT_regularization_strength:--at_strengths random_seed:--seed"
+AT_regularization:--defenses AT_regularization_strength:--at_strengths random_seed:--seeds"
 NUM_RE='^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$'
 INT_RE='^[0-9]+$'
 validate() {
@@ -218,9 +227,13 @@ validate() {
   for x in $SIGMAS $LAMBDAS $VAR_THRESHOLD $LR; do
     [[ $x =~ $NUM_RE ]] || die "'$x' is not a non-negative number (check --sigmas/--lambdas/--var_threshold/--lr)"
   done
-  for x in $CUTLAYERS $EPOCHS $BATCH $ATTACK_EPOCHS $SEED $LOG_ENTROPY; do
-    [[ $x =~ $INT_RE ]] || die "'$x' is not a whole number (check --cutlayers/--epochs/--batch_size/--attack_epochs/--seed/--log_entropy)"
+  for x in $CUTLAYERS $EPOCHS $BATCH $ATTACK_EPOCHS $SEEDS $LOG_ENTROPY; do
+    [[ $x =~ $INT_RE ]] || die "'$x' is not a whole number (check --cutlayers/--epochs/--batch_size/--attack_epochs/--seeds/--log_entropy)"
   done
+  [[ -n ${SEEDS// /} ]] || die "empty --seeds"
+  # A seed given twice is one run planned twice: one mean would count it twice, and two jobs would share a folder.
+  x=$(printf '%s\n' $SEEDS | sed 's/^0*\([0-9]\)/\1/' | sort | uniq -d | head -n 1)
+  [[ -z $x ]] || die "seed $x is given twice in --seeds '$SEEDS'"
   [[ -n $SIGMAS && -n $LAMBDAS && -n $CUTLAYERS ]] || die "empty --sigmas, --lambdas or --cutlayers"
   [[ -n ${DEFENSES// /} && -n ${AT_STRENGTHS// /} ]] || die "empty --defenses or --at_strengths (use None for no extra defence)"
   for x in $AT_STRENGTHS; do
@@ -306,6 +319,9 @@ for ds in $DATASETS; do
     if [[ ${def,,} == none ]]; then strengths=0; else strengths=$AT_STRENGTHS; fi
     for st in $strengths; do
     for s in $SIGMAS; do
+     # λ innermost: each seed's λ = 0 run and its λ > 0 partners run one after another, so a sweep
+     # stopped early leaves whole pairs for the report's paired CEM gain.
+     for seed in $SEEDS; do
       for l in $LAMBDAS; do
         # shellcheck disable=SC2206  # EXTRA is a flag string meant to be split into words
         args=(--arch "$ARCH" --cutlayer "$cut" --bottleneck_option "$BOTTLENECK"
@@ -313,7 +329,7 @@ for ds in $DATASETS; do
               --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
               --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
               --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
-              --random_seed "$SEED" --device "$DEVICE" $PRESET_EXTRA $QUICK_EXTRA $EXTRA)
+              --random_seed "$seed" --device "$DEVICE" $PRESET_EXTRA $QUICK_EXTRA $EXTRA)
         [[ ${def,,} == none ]] || args+=(--AT_regularization "$def" --AT_regularization_strength "$st")
         # The run's name and state come from the run identity (lifecycle/identity.py): every setting that
         # changes results, --extra flags included, so a changed setting is a new configuration.
@@ -336,6 +352,7 @@ for ds in $DATASETS; do
         [[ $DRY_RUN == 1 ]] && echo "$(quote "${cmd[@]}")"
         printf '%s\0' "$fn" "$FOLDER/$fn.log" "${#cmd[@]}" "${cmd[@]}" >> "$JOBS_FILE"
       done
+     done
     done
     done
    done
@@ -375,13 +392,18 @@ else
 fi
 
 report_rc=0
+pages=()
 for folder in "${folders[@]}"; do
   if [[ -z ${finished_in[$folder]+x} ]]; then
     [[ ${#finished_in[@]} -gt 0 ]] && note "no report for $folder: none of its configurations finished"
     continue
   fi
   echo
-  "$PYTHON" -m tools.report "$folder" || report_rc=$?
+  if "$PYTHON" -m tools.report "$folder"; then
+    pages+=("$folder/report.html")
+  else
+    report_rc=$?
+  fi
   if [[ $QUICK == 1 ]]; then
     [[ -f $folder/tradeoff.png ]] && echo "trade-off plot: $folder/tradeoff.png"
     for l in $LAMBDAS; do
@@ -392,6 +414,8 @@ for folder in "${folders[@]}"; do
     done
   fi
 done
+# The page holds every table, plot, grid and training curve: the one path to open after a sweep.
+for page in "${pages[@]+"${pages[@]}"}"; do echo "report page: $page"; done
 
 if [[ $sweep_rc == 1 ]]; then
   # A report was printed after the sweep's error line: repeat it, so the last word is what failed.

@@ -176,8 +176,10 @@ def test_cem_gain_table_per_defence(tmp_path, capsys):
     assert len(rows) == 2, md
     none_row = [c.strip() for c in rows[0].split("|")[1:-1]]
     drop_row = [c.strip() for c in rows[1].split("|")[1:-1]]
-    assert none_row[4] == "79.50" and none_row[5] == "-0.50" and none_row[8] == "+25.0%"
-    assert drop_row[6] == "0.0400" and drop_row[7] == "0.0500" and drop_row[8] == "+25.0%" and drop_row[5] == "+0.25"
+    # one seed each: the values alone, no interval (column 3: the number of paired seeds)
+    assert none_row[3] == "1" and none_row[5] == "79.50" and none_row[6] == "-0.50" and none_row[9] == "+25.0%"
+    assert drop_row[7] == "0.0400" and drop_row[8] == "0.0500" and drop_row[9] == "+25.0%" and drop_row[6] == "+0.25"
+    assert none_row[10] == "+25.0% (decoder)"
     # the σ×λ tables keep defences apart
     assert md.count("defence dropout0.2 (strength 1)") == 1
     with open(root / "results.csv") as f:

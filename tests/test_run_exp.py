@@ -18,14 +18,14 @@ SWEEP_VARS = ("DATASET", "DATASETS", "ARCH", "CUTLAYERS", "BOTTLENECK", "SIGMAS"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 
 
-def sh(*args, env=None, script=SCRIPT, tmp=None):
+def sh(*args, env=None, script=SCRIPT, tmp=None, timeout=60):
     e = {k: v for k, v in os.environ.items() if k not in SWEEP_VARS}
     e["PYTHON"] = sys.executable
     if tmp is not None:  # never let a stray ./data or ./runs decide what a test sees
         e.setdefault("DATA_ROOT", str(tmp / "no_data"))
         e.setdefault("FOLDER", str(tmp / "runs"))
     e.update(env or {})
-    return subprocess.run(["bash", str(script), *args], env=e, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(script), *args], env=e, capture_output=True, text=True, timeout=timeout)
 
 
 def commands(r):
@@ -70,6 +70,47 @@ def test_overrides_env_and_flags(tmp_path):
                          f"--folder {tmp_path / 'f'}", "--arch vgg11_bn", "--learning_rate 0.01"):
             assert expected in c, expected
         assert "--limit_train 64 --no_attack --filename " in c
+
+
+def without(cmd, *names):
+    """The command's words less the named flags and their values."""
+    words, out = cmd.split(), []
+    for i, w in enumerate(words):
+        if w in names or (i and words[i - 1] in names):
+            continue
+        out.append(w)
+    return out
+
+
+def test_seeds_pair_every_lambda_with_every_seed(tmp_path):
+    cmds = commands(sh("--dry-run", "--seeds", "125 126 127", "--sigmas", "0.01 0.05", "--lambdas", "0 8 16",
+                       "--defenses", "None dropout0.2", tmp=tmp_path))
+    assert len(cmds) == 2 * 2 * 3 * 3 and len({flag(c, "--filename") for c in cmds}) == len(cmds)
+    planned = {(flag(c, "--AT_regularization") if "--AT_regularization" in c else "None",
+                flag(c, "--regularization_strength"), flag(c, "--random_seed"), flag(c, "--lambd")) for c in cmds}
+    assert planned == {(d, s, seed, l) for d in ("None", "dropout0.2") for s in ("0.01", "0.05")
+                       for seed in ("125", "126", "127") for l in ("0", "8", "16")}
+    # A pair is the same command but for λ (and so its name): every λ = 0 run has its λ > 0 partners.
+    for c in (c for c in cmds if flag(c, "--lambd") == "0"):
+        partners = [p for p in cmds if without(p, "--lambd", "--filename") == without(c, "--lambd", "--filename")]
+        assert sorted(flag(p, "--lambd") for p in partners) == ["0", "16", "8"], c
+        # ... and they come one after another, so a sweep stopped early leaves whole pairs
+        i = cmds.index(c)
+        assert cmds[i:i + 3] == partners
+    # --seed N is one seed; the environment's SEED and SEEDS too; --quick and --preset take --seeds
+    for args, env, seeds in ((("--seed", "7"), None, {"7"}), ((), {"SEED": "9"}, {"9"}),
+                             ((), {"SEEDS": "1 2"}, {"1", "2"}), (("--seeds", "3"), {"SEEDS": "1 2"}, {"3"})):
+        cmds = commands(sh("--dry-run", "--sigmas", "0.05", "--lambdas", "0 16", *args, env=env, tmp=tmp_path))
+        assert {flag(c, "--random_seed") for c in cmds} == seeds and len(cmds) == 2 * len(seeds), (args, env)
+    quick = commands(sh("--quick", "--dry-run", "--seeds", "125 126 127", env={"DATA_ROOT": str(tmp_path / "e")}))
+    assert {(flag(c, "--lambd"), flag(c, "--random_seed")) for c in quick} == {
+        (l, seed) for l in ("0", "16") for seed in ("125", "126", "127")}
+    preset = commands(sh("--dry-run", "--preset", "defenses", "--sigmas", "0.05", "--seeds", "1 2", tmp=tmp_path))
+    assert len(preset) == 5 * 2 * 2
+    for bad in ("1.5", "", "125 126 125", "-3"):
+        r = sh("--dry-run", "--seeds", bad, tmp=tmp_path)
+        assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+        assert "seed" in r.stderr, r.stderr
 
 
 def finish(cmd: str, tmp_path, status="finished"):
@@ -171,7 +212,7 @@ def test_extra_cannot_set_what_the_sweep_varies(tmp_path):
              "--lamb 3": ("--lambd", "--lambdas"),  # argparse takes an unambiguous prefix
              "--limit_train 64 --regularization_strength 0.2": ("--regularization_strength", "--sigmas"),
              "--cut=3": ("--cutlayer", "--cutlayers"), "--dataset digits": ("--dataset", "--datasets"),
-             "--random_seed 3": ("--random_seed", "--seed"),
+             "--random_seed 3": ("--random_seed", "--seeds"),
              "--AT_regularization dropout0.2": ("--AT_regularization", "--defenses"),
              "--AT_regularization_strength 2": ("--AT_regularization_strength", "--at_strengths")}
     for extra, (given, option) in cases.items():
@@ -235,11 +276,25 @@ def run_experiment(cfg, progress=True):
             m["status"] = "interrupted"
             json.dump(m, open(os.path.join(d, "metrics.json"), "w"))
             raise
-    open(os.path.join(d, "images", "decoder_train_time.png"), "wb").close()
-    s, l = float(cfg["regularization_strength"]), float(cfg["lambd"])
-    res = {"final": {"mse_mean": 0.01 + s + l / 100, "mse_std": 0.0, "ssim_mean": 0.5, "ssim_std": 0.0,
-                     "psnr_mean": 15.0, "psnr_std": 0.0}}
-    m.update(status="finished", train={"test_acc": 80 - 10 * s},
+    s, l, seed = float(cfg["regularization_strength"]), float(cfg["lambd"]), int(cfg["random_seed"])
+    # A grid laid out as attacks/grid.py's: originals (chosen by the seed, as the eval images are) over
+    # reconstructions; and a train_log.csv, so the report's page has everything to show.
+    from PIL import Image
+    tiles = [Image.new("RGB", (16, 16), ((seed * 37 + 11 * i) % 256, i * 53, seed * i % 256)) for i in range(4)]
+    grid = Image.new("RGB", (64, 32), "white")
+    for i, t in enumerate(tiles):
+        grid.paste(t, (16 * i, 0))
+        grid.paste(t.point(lambda v: (v + int(l * 7)) % 256), (16 * i, 16))
+    grid.save(os.path.join(d, "images", "decoder_train_time.png"))
+    with open(os.path.join(d, "train_log.csv"), "w") as f:
+        f.write("epoch,lr,lambda_eff,train_loss,train_acc,cem_loss,val_acc,cem_mean_var,cem_logdet,epoch_time_s\n")
+        for e in range(1, int(cfg["num_epochs"]) + 1):
+            cem = f"{1 / e:g}" if l else ""
+            f.write(f"{e},0.05,{l * 0.02:g},{2 / e:g},{20 + e},{cem},{18 + e},{cem},,1.0\n")
+    # Other seeds differ a little (seed 125 keeps the numbers the tests below expect).
+    res = {"final": {"mse_mean": 0.01 + s + l / 100 + (seed - 125) * l / 4000, "mse_std": 0.0, "ssim_mean": 0.5,
+                     "ssim_std": 0.0, "psnr_mean": 15.0, "psnr_std": 0.0}, "grid": "images/decoder_train_time.png"}
+    m.update(status="finished", train={"test_acc": 80 - 10 * s - (seed - 125) * l / 16},
              attack_settings={"decoder": attack_key(cfg, "decoder")},
              attack={"decoder": {"train_time": res, "infer_time": res}})
     json.dump(m, open(os.path.join(d, "metrics.json"), "w"))

@@ -141,3 +141,27 @@ def test_a_sweep_where_everything_failed_ends_on_their_error(tmp_path):
     assert "no report for ./runs/facescrub: none of its configurations finished" in err
     assert err[-1].startswith("error: 2 of 4 configurations failed: ") and err[-1].endswith("Data layouts")
     assert "no finished metrics.json" not in r.stdout + r.stderr
+
+
+def test_quick_over_seeds_ends_with_the_interval_table_and_the_page(tmp_path):
+    # Issue 21: `--quick --seeds "125 126 127"` ends on the paired CEM gain with 95% intervals and report.html.
+    script = stand_in_repo(tmp_path)
+    folder = tmp_path / "q"
+    r = sh("--quick", "--seeds", "125 126 127", "--epochs", "2", "--folder", str(folder), script=script,
+           tmp=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Summary: 6 done, 0 skipped" in r.stdout
+    out = r.stdout.strip().splitlines()
+    assert out[-1] == f"report page: {folder / 'report.html'}"
+    # The stand-in's seeds 125-127 give gains 266.7%, 273.3%, 280% and accuracy changes 0, -1, -2.
+    (row,) = [line for line in out if line.startswith("| None | 0.05 | 16 | 3 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[6] == "-1.00 [-3.48, +1.48]" and cells[9] == "+273.3% [+256.8, +289.9]", row
+    assert cells[10] == "+273.3% [+256.8, +289.9] (decoder)"
+    # nothing but paths after the gain table's caption
+    caption = max(i for i, line in enumerate(out) if "Student-t interval" in line)
+    assert all(line.startswith(("wrote ", "trade-off plot: ", "reconstructions ", "report page: ", "6 finished"))
+               for line in out[caption + 1:] if line.strip()), out[caption + 1:]
+    page = (folder / "report.html").read_text()
+    assert page.count('src="report_files/grids/') == 2 and page.count('src="report_files/curves/') == 6
+    assert "Checked: same evaluation images in every grid" in page

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lifecycle.identity import NOT_RESULT_KEYS
 from lifecycle.results import SENT, entries
+from tools.stats import sd
 from utils import NotStrictJSON, reject_non_finite
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
@@ -242,7 +243,8 @@ def mean(values):
 def cell_table(runs: list[dict], attack: str, mode: str, which: str):
     """Paper-table view of one group: sorted σ values, sorted λ values and {(σ, λ): cell}.
 
-    A cell averages the runs that share (σ, λ) (for example several seeds) and says how many there were.
+    A cell averages the runs that share (σ, λ) (for example several seeds) and says how many there were;
+    `acc_sd` and `<metric>_sd` are the sample sd over those runs (None for one run).
     """
     by_cell: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -252,6 +254,8 @@ def cell_table(runs: list[dict], attack: str, mode: str, which: str):
         sc = [scores(r, attack, mode, which) for r in rs]
         cells[key] = {"acc": mean(r["test_acc"] for r in rs), "n": len(rs),
                       **{m: mean(s[f"{m}_mean"] for s in sc) for m in METRICS}}
+        cells[key].update(acc_sd=sd(r["test_acc"] for r in rs), **{f"{m}_sd": sd(s[f"{m}_mean"] for s in sc)
+                                                                     for m in METRICS})
     sigmas = sorted({k[0] for k in cells}, key=sort_key)
     lambdas = sorted({k[1] for k in cells}, key=sort_key)
     return sigmas, lambdas, cells

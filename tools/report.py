@@ -14,11 +14,16 @@ seed -- count once, with a warning naming them) and writes into --out (default <
                 match: bottleneck, regularisation, τ, epochs, --AT_regularization defence and strength,
                 the attacker view, named in the title, and --attack's own settings);
                 rows σ ascending, columns λ ascending, cells "accuracy / MSE / SSIM / PSNR" for
-                --attack/--mode/--which; where runs carry several attacks (decoder, gan, rmle), a
-                second table per group puts them side by side; then, where runs with λ = 0 and λ > 0
-                share a setting, the CEM-gain table: per defence and σ, attack MSE without and with
-                CEM, the gain (MSE_λ − MSE_0)/MSE_0 in percent (the paper's form) and the accuracy change
-  tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ
+                --attack/--mode/--which, mean ± sd (n) over the runs that differ only in their seed;
+                where runs carry several attacks (decoder, gan, rmle), a second table per group puts
+                them side by side; then, where runs with λ = 0 and λ > 0 share a setting, the CEM-gain
+                table: per defence and σ, runs paired by seed, the mean paired gain (MSE_λ − MSE_0)/MSE_0
+                in percent (the paper's form) and accuracy change with 95% t intervals, for --attack and
+                for each run's strongest attacker (tools/gain.py, tools/stats.py)
+  tradeoff.png  accuracy vs attack MSE, one subplot per group, one line per λ, points labelled by σ,
+                error bars ± sd over seeds
+  report.html   one page with all of it, per-attack trade-off plots, λ = 0 vs λ > 0 reconstructions
+                of the same images and per-run training curves; images in report_files/ (tools/html_report.py)
 Exit status 2 with a one-line message when there is nothing to report.
 """
 from __future__ import annotations
@@ -65,11 +70,17 @@ def write_csv(runs, path: Path, which: str) -> None:
                        + [("" if sc.get(c) is None else sc[c]) for c in metric_cols])
 
 
+def _sd(cell, key, spec) -> str:
+    """'mean ± sd' over the cell's runs (seeds); the mean alone for one run, which has no sd."""
+    sd = cell.get(f"{key}_sd")
+    return _fmt(cell[key], spec) + ("" if sd is None or cell[key] is None else f" ± {sd:{spec}}")
+
+
 def _cell_text(cell) -> str:
     if cell is None:
         return DASH
-    text = " / ".join([_fmt(cell["acc"], ".2f"), _fmt(cell["mse"], ".4f"), _fmt(cell["ssim"], ".3f"),
-                       _fmt(cell["psnr"], ".1f")])
+    text = " / ".join([_sd(cell, "acc", ".2f"), _sd(cell, "mse", ".4f"), _sd(cell, "ssim", ".3f"),
+                       _sd(cell, "psnr", ".1f")])
     return text + (f" (n={cell['n']})" if cell["n"] > 1 else "")
 
 
@@ -112,7 +123,7 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
         out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {attack} attack"
                    f"{_attack_desc(runs, attack, mode)}, {mode} mode, {which_text}, means over the "
                    f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
-                   f"{DASH} = not available; (n=k) = mean of k runs.\n")
+                   f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run.\n")
     return "\n".join(out)
 
 
@@ -131,14 +142,16 @@ def comparison(grouped, mode: str, which: str) -> str:
         out.append("|---" * (3 + len(names)) + "|")
         for s, l in rows:
             cells = [tables[a][2].get((s, l)) for a in names]
-            acc = next((c["acc"] for c in cells if c is not None), None)
-            text = [DASH if c is None else " / ".join([_fmt(c["mse"], ".4f"), _fmt(c["ssim"], ".3f"),
-                                                       _fmt(c["psnr"], ".1f")]) for c in cells]
-            out.append(f"| {_g(s)} | {_g(l)} | {_fmt(acc, '.2f')} | " + " | ".join(text) + " |")
+            first = next((c for c in cells if c is not None), None)
+            acc = DASH if first is None else _sd(first, "acc", ".2f") + (f" (n={first['n']})" if first["n"] > 1 else "")
+            text = [DASH if c is None else " / ".join([_sd(c, "mse", ".4f"), _sd(c, "ssim", ".3f"),
+                                                       _sd(c, "psnr", ".1f")]) for c in cells]
+            out.append(f"| {_g(s)} | {_g(l)} | {acc} | " + " | ".join(text) + " |")
         out.append("")
         base = _baseline_text(runs, names[0], mode)
         out.append((base + " " if base else "") + f"Same evaluation images for every attack ({which} "
-                   "reconstructor); higher MSE and lower SSIM/PSNR mean better privacy.\n")
+                   "reconstructor); higher MSE and lower SSIM/PSNR mean better privacy; with (n=k): mean ± sd over "
+                   "k runs (seeds).\n")
     return "\n".join(out)
 
 
@@ -186,16 +199,22 @@ def run(args) -> list[Path]:
     md = md + ("\n" + side if side else "")
     from tools.gain import gain_markdown
 
-    md += gain_markdown(grouped, args.attack, args.mode, args.which)
-    md_path.write_text(md)
-    from tools.plot import tradeoff_figure  # matplotlib is slow to import; only needed here
+    gain = gain_markdown(grouped, args.attack, args.mode, args.which)
+    md_path.write_text(md + gain)
+    # matplotlib is slow to import; only needed here
+    from tools.html_report import write_html
+    from tools.plot import tradeoff_figure
 
     png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
-    print(md)
-    print(f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else ""))
-    for p in (csv_path, md_path, png_path):
+    summary = f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else "")
+    html_path = write_html(out, grouped, [(None, gain), ("Results per setting", md)], args.attack, args.mode,
+                           args.which, f"{summary} under {folder}; {args.attack} attack, {args.mode} mode, "
+                           f"{args.which} reconstructor.")
+    print(md + gain)
+    print(summary)
+    for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")
-    return [csv_path, md_path, png_path]
+    return [csv_path, md_path, png_path, html_path]
 
 
 def main(argv=None) -> int:

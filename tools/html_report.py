@@ -1,0 +1,205 @@
+"""One HTML page per sweep folder: report.html beside results.md, its images in report_files/.
+
+The page is plain HTML with its CSS inline and no script, so it opens from disk anywhere (no server, no
+network) and the folder can be copied or archived as it is. It holds:
+  - the tables of results.md (the CEM-gain table first), converted from that Markdown so the page and
+    the file never disagree;
+  - the trade-off plot (accuracy vs MSE, ± sd error bars) of every attack found in the chosen mode;
+  - per defence and σ, the reconstruction grids of one seed at λ = 0 and at each λ > 0, side by side.
+    Runs of one seed share their evaluation images (the test split and its order depend on the data
+    set, --limit_test and the seed, never on σ, λ or the defence); the page checks it on the pixels, by
+    comparing the grids' rows of originals, and says so under each row of grids;
+  - per run, its training curves from train_log.csv (accuracy, CEM term, mean cluster variance, λ_eff).
+report_files/ is rewritten on every report: the grids are copies, so the page also works when written
+with --out elsewhere.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import re
+import shutil
+from pathlib import Path
+
+from PIL import Image, ImageChops
+
+from tools.collect import attack_modes, group_title, sort_key
+from tools.gain import seed_of
+from tools.plot import curves_figure, tradeoff_figure
+
+FILES = "report_files"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ccc; margin-top: 2em; }
+h3 { font-size: 1.05em; margin-top: 1.4em; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+td { white-space: nowrap; } td:last-child { white-space: normal; min-width: 12em; }
+th { background: #f2f2f2; } tr:nth-child(even) td { background: #fafafa; }
+p.note { font-size: 0.85em; color: #555; max-width: 70em; }
+.row { display: flex; flex-wrap: wrap; gap: 0.75em; }
+figure { margin: 0.3em 0; flex: 1 1 420px; max-width: 100%; }
+figure img { width: 100%; height: auto; border: 1px solid #ddd; image-rendering: pixelated; }
+figcaption { font-size: 0.8em; color: #444; }
+img.plot { max-width: 100%; height: auto; }
+figure.wide { flex: 0 1 auto; } figure.wide img { width: auto; max-width: 100%; image-rendering: auto; }
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def markdown_html(md: str) -> str:
+    """The subset of Markdown that results.md uses: headings, bold lines, pipe tables, paragraphs."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            head, *body = table
+            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row)
+                                                          + "</tr>" for row in body) + "</tbody></table></div>")
+            table.clear()
+
+    for line in md.splitlines():
+        line = line.strip()
+        if line.startswith("|"):
+            if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line):  # the header separator
+                table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        flush()
+        if not line:
+            continue
+        m = re.match(r"(#{1,6})\s+(.*)", line)
+        if m:
+            level = min(len(m.group(1)), 4)
+            out.append(f"<h{level}>{_e(m.group(2))}</h{level}>")
+        elif line.startswith("**") and line.endswith("**"):
+            out.append(f"<h4>{_e(line.strip('*'))}</h4>")
+        else:
+            out.append(f'<p class="note">{_e(line)}</p>')
+    flush()
+    return "\n".join(out)
+
+
+def _img(src: str, alt: str, cls: str = "") -> str:
+    return f'<a href="{_e(src)}"><img src="{_e(src)}" alt="{_e(alt)}"{f" class={cls!r}" if cls else ""}></a>'
+
+
+def _originals(path: Path):
+    """The top half of a grid: its rows of originals (save_grid puts reconstructions below them)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        return im.crop((0, 0, im.width, im.height // 2))
+
+
+def same_originals(a: Path, b: Path):
+    """True/False, or None when a grid cannot be read (a damaged PNG must not cost the whole page)."""
+    try:
+        x, y = _originals(a), _originals(b)
+    except (OSError, ValueError):
+        return None
+    return x.size == y.size and ImageChops.difference(x, y).getbbox() is None
+
+
+def _g(v) -> str:
+    return "–" if v is None else f"{v:g}"
+
+
+def _grid_path(rec: dict, attack: str, mode: str):
+    grid = (rec["attacks"].get((attack, mode)) or {}).get("grid")
+    path = Path(rec["path"]).parent / grid if isinstance(grid, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
+    """Per group and σ: one seed's grids at every λ side by side (the lowest seed that has λ = 0 and
+    another λ), with the check that they show the same evaluation images."""
+    out = []
+    for key, runs in grouped:
+        by: dict = {}
+        for r in runs:
+            path = _grid_path(r, attack, mode)
+            if path is not None:
+                by.setdefault(r["sigma"], {}).setdefault(seed_of(r), {}).setdefault(r["lambd"], path)
+        rows = []
+        for s in sorted(by, key=sort_key):
+            seeds = [x for x in sorted(by[s], key=sort_key) if 0 in by[s][x] and len(by[s][x]) > 1]
+            if not seeds:
+                continue
+            grids = by[s][seeds[0]]
+            figs = []
+            for lam in sorted(grids, key=sort_key):
+                copy = files / "grids" / _safe(f"{grids[lam].parent.parent.name}_{grids[lam].name}")
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(grids[lam], copy)
+                figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={_g(s)} λ={_g(lam)} grid')}"
+                            f"<figcaption>λ = {_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
+            same = [same_originals(grids[0], p) for p in grids.values()]
+            check = ("same evaluation images in every grid (their rows of originals are identical, pixel for pixel)"
+                     if all(same) else "a grid could not be read" if None in same
+                     else "the grids' originals differ: these runs were scored on different images")
+            rows.append(f"<h4>σ = {_g(s)}, seed {_e(seeds[0])}</h4><div class=\"row\">{''.join(figs)}</div>"
+                        f'<p class="note">Top row of each grid: originals; below: the {_e(attack)} attack\'s '
+                        f"reconstructions ({_e(mode)}). Checked: {check}.</p>")
+        if rows:
+            out.append(f"<h3>{_e(group_title(key))}</h3>" + "\n".join(rows))
+    return "\n".join(out) or f'<p class="note">No run has a {_e(attack)}/{_e(mode)} grid at λ = 0 and λ &gt; 0.</p>'
+
+
+def _train_log(rec: dict):
+    path = Path(rec["path"]).parent / "train_log.csv"
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None
+
+
+def training_curves(grouped, files: Path) -> str:
+    out = []
+    for key, runs in grouped:
+        figs = []
+        # Attack variants ('run@label') share their run's training: one figure per trained run.
+        trained = [r for r in runs if "@" not in r["filename"]]
+        for r in sorted(trained, key=lambda r: (sort_key(r["sigma"]), sort_key(r["lambd"]), sort_key(seed_of(r)))):
+            rows = _train_log(r)
+            if not rows:
+                continue
+            label = f"σ={_g(r['sigma'])} λ={_g(r['lambd'])} seed {seed_of(r)}"
+            png = curves_figure(rows, f"{label}: {r['filename']}", files / "curves" / f"{_safe(r['filename'])}.png",
+                                empty="no CEM at λ = 0" if r["lambd"] == 0 else "not logged")
+            figs.append(f"<figure class=\"wide\">{_img(f'{FILES}/curves/{png.name}', f'training curves {label}')}"
+                        f"<figcaption>{_e(label)}</figcaption></figure>")
+        if figs:
+            out.append(f"<h3>{_e(group_title(key))}</h3><div class=\"row\">{''.join(figs)}</div>")
+    return "\n".join(out) or '<p class="note">No run folder holds a train_log.csv.</p>'
+
+
+def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which: str, summary: str) -> Path:
+    """report.html in `out`; sections: [(heading or None, Markdown)] shown in this order before the figures."""
+    files = Path(out) / FILES
+    shutil.rmtree(files, ignore_errors=True)  # the report's own folder: no figure of an older report stays
+    (files / "curves").mkdir(parents=True)
+    plots = []
+    for a in dict.fromkeys(a for _, runs in grouped for a, m in attack_modes(runs) if m == mode):
+        png = tradeoff_figure(grouped, files, a, mode, which, name=f"tradeoff_{_safe(a)}.png")
+        plots.append(f"<h3>{_e(a)} attack</h3>{_img(f'{FILES}/{png.name}', f'trade-off {a}', 'plot')}")
+    body = [f"<h1>CEM report: {_e(Path(out).resolve().name)}</h1>", f'<p class="note">{_e(summary)}</p>']
+    body += [(f"<h2>{_e(h)}</h2>\n" if h else "") + markdown_html(md) for h, md in sections if md.strip()]
+    body.append("<h2>Privacy–utility trade-off</h2><p class=\"note\">Test accuracy against attack MSE, one line "
+                "per λ, points labelled by σ; error bars ± sd over seeds.</p>"
+                + ("".join(plots) or "<p>No attack scores.</p>"))
+    body.append(f"<h2>Reconstructions, λ = 0 against λ &gt; 0</h2>{reconstructions(grouped, files, attack, mode)}")
+    body.append(f"<h2>Training curves</h2>{training_curves(grouped, files)}")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CEM report</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    path = Path(out) / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
