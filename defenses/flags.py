@@ -57,8 +57,12 @@ def add_at_flags(group) -> None:
                        help="gan_adv: the defender's own decoder (distinct from --gan_AE_type, the attack's) "
                             "(default: %(default)s)")
     group.add_argument("--gan_pretrain_epochs", type=int, default=30,
-                       help="gan_adv: epochs pre-training the defender decoder on the training split "
-                            "(default: %(default)s, the paper's)")
+                       help="gan_adv: epochs pre-training the defender decoder with MSE on noisy features, as "
+                            "published (default: %(default)s, the paper's)")
+    group.add_argument("--gan_pretrain_data", default="train", choices=["train", "test"],
+                       help="gan_adv: images the defender decoder is pre-trained on: train (the defender's own "
+                            "training split) or test (the paper code's choice: the defender then has seen the "
+                            "images the attacks are scored on) (default: %(default)s)")
     group.add_argument("--gan_loss_type", default="SSIM", choices=["SSIM", "MSE"],
                        help="gan_adv: defender decoder loss -SSIM (encoder penalty on SSIM above "
                             "--ssim_threshold) or MSE (encoder penalty -strength*MSE) (default: %(default)s)")

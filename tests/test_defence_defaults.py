@@ -1,12 +1,17 @@
 """The --AT_regularization defences behave as published by default (DESIGN.md §5): local_dp is
 Gaussian, NoPeek's weight is 0.1*s (x10 on CIFAR-10), local DP comes before dropout and top-k,
-gan_adv takes 3 steps. Runs recorded before these defaults (no AT_version) keep their meaning."""
+gan_adv takes 3 steps, decays its decoder's lr, pre-trains it on noisy features and steps it on
+eval-mode features. Runs recorded before these defaults (no AT_version) keep their meaning."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from datasets.base import TensorSplit
 from defenses import GaussianNoise, build_defenses, parse_at_options
+from defenses.adversarial import AdversarialTraining
 from defenses.nopeek import NoPeek, distance_correlation
 from defenses.obfuscation import Dropout, LocalDP, TopKPrune
 from main_MIA import build_parser
@@ -93,3 +98,112 @@ def test_gan_adv_takes_three_steps_unless_told():
     assert parse_at_options("gan_adv", 1).gan_adv_steps == 3
     assert parse_at_options("gan_adv_step1_pruning180", 1).gan_adv_steps == 1
     assert parse_at_options("gan_adv_step2", 1).gan_adv_steps == 2
+
+
+def _gan_adv(**cfg_over):
+    cfg = _cfg(AT_regularization="gan_adv", adv_AE_type="res_normN0C16", **cfg_over)
+    adv = build_defenses(cfg, 10, 100, feature_shape=(8, 4, 4), image_size=16, mean=MEAN, std=STD).find("gan_adv")
+    assert isinstance(adv, AdversarialTraining)
+    return adv
+
+
+@pytest.mark.parametrize("num_epochs,decays", [(240, (60, 150, 240)), (24, (6, 15, 24)), (120, (30, 75, 120))])
+def test_defender_decoder_lr_drops_at_the_papers_milestones_scaled(num_epochs, decays):
+    adv = _gan_adv(num_epochs=num_epochs)
+    lrs = []
+    for epoch in range(num_epochs):  # 0-based, as the trainer calls it; decays are 1-based epochs
+        adv.on_epoch_start(None, epoch)
+        lrs.append(adv.opt.param_groups[0]["lr"])
+    want = [1e-3 * 0.2 ** sum(e + 1 >= m for m in decays) for e in range(num_epochs)]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    assert lrs[decays[0] - 2] == pytest.approx(1e-3) and lrs[decays[0] - 1] == pytest.approx(2e-4)
+
+
+def test_defender_decoder_steps_on_eval_mode_features_of_the_batch():
+    torch.manual_seed(3)
+    adv = _gan_adv()
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.BatchNorm2d(8))
+    with torch.no_grad():
+        enc[1].running_mean.fill_(0.7)
+        enc[1].running_var.fill_(3.0)
+    enc.train()
+    adv.pretrained = True  # binds the encoder, no pre-training
+    adv.on_train_start(SimpleNamespace(model=SimpleNamespace(encoder=enc)))
+    x = torch.randn(16, 3, 16, 16)
+    z_train = enc(x)  # the training forward (train mode) ...
+    stats = enc[1].running_mean.clone()
+    seen = []
+    adv.decoder_step = lambda z, target, *a, **k: seen.append(z.clone()) or torch.zeros(())
+    adv.encoder_loss(z_train, x, None, lr=0.05)
+    enc.eval()
+    with torch.no_grad():
+        want = enc(x)
+    assert len(seen) == 3
+    assert all(torch.allclose(z, want, atol=1e-6) for z in seen)
+    assert not torch.allclose(want, z_train, atol=1e-2)  # the two modes differ here
+    assert torch.equal(enc[1].running_mean, stats)  # the eval pass left the statistics alone
+
+
+def _fake_trainer(enc, batch=16):
+    g = torch.Generator().manual_seed(4)
+    train = TensorSplit(torch.zeros(40, 3, 16, 16, dtype=torch.uint8), torch.randint(0, 10, (40,), generator=g))
+    test = TensorSplit(torch.full((24, 3, 16, 16), 255, dtype=torch.uint8), torch.randint(0, 10, (24,), generator=g))
+    bundle = SimpleNamespace(train=train, test=test, mean=MEAN, std=STD)
+    return SimpleNamespace(bundle=bundle, device=torch.device("cpu"), progress=False,
+                           model=SimpleNamespace(encoder=enc), s=SimpleNamespace(batch_size=batch))
+
+
+@pytest.mark.parametrize("data,pixel", [("train", 0.0), ("test", 1.0)])
+def test_pretraining_is_mse_on_noisy_features_with_its_own_annealed_adam(data, pixel):
+    torch.manual_seed(5)
+    adv = _gan_adv(regularization="Gaussian_kl", regularization_strength=0.5, gan_pretrain_epochs=2,
+                   gan_pretrain_data=data)
+    enc = torch.nn.Conv2d(3, 8, 4, stride=4).train()
+    calls = []
+
+    def spy(z, target, opt=None, loss_type=None):
+        calls.append((z.clone(), target.clone(), opt, loss_type, opt.param_groups[0]["lr"] if opt else None))
+        return torch.zeros(())
+
+    adv.decoder_step = spy
+    adv.on_train_start(_fake_trainer(enc))
+    assert adv.pretrained and enc.training
+    assert calls and all(c[3] == "MSE" for c in calls)
+    assert all(c[2] is not None and c[2] is not adv.opt for c in calls)  # not the per-batch optimizer
+    assert {round(c[4], 9) for c in calls} == {1e-3, round(1e-5 + (1e-3 - 1e-5) / 2, 9)}  # cosine, 2 epochs
+    noise = []
+    for z, target, *_ in calls:
+        assert torch.all(target == pixel)  # the images of the chosen split
+        with torch.no_grad():
+            noise.append((z - enc((target - 0.5) / 0.25)).flatten())
+    noise = torch.cat(noise)
+    assert abs(noise.std().item() - 0.5) < 0.05 and abs(noise.mean().item()) < 0.05
+
+
+def test_pretraining_without_noise_sees_clean_features():
+    adv = _gan_adv(gan_pretrain_epochs=1)
+    enc = torch.nn.Conv2d(3, 8, 4, stride=4)
+    seen = []
+    adv.decoder_step = lambda z, target, *a, **k: seen.append((z, target)) or torch.zeros(())
+    adv.on_train_start(_fake_trainer(enc))
+    with torch.no_grad():
+        assert all(torch.allclose(z, enc((t - 0.5) / 0.25), atol=1e-6) for z, t in seen)
+
+
+def test_pretraining_lowers_the_mse_it_trains_on():
+    torch.manual_seed(6)
+    adv = _gan_adv(gan_pretrain_epochs=20)
+    img = F.interpolate(torch.rand(40, 3, 4, 4), size=16, mode="bilinear", align_corners=False)
+    trainer = _fake_trainer(torch.nn.Conv2d(3, 8, 4, stride=4))
+    trainer.bundle.train = TensorSplit((img * 255).round().to(torch.uint8), torch.zeros(40, dtype=torch.long))
+    x = ((trainer.bundle.train.x.float() / 255) - 0.5) / 0.25
+    enc = trainer.model.encoder
+
+    def mse():  # on batch statistics: 20 steps leave the running ones near their start
+        adv.decoder.train()
+        with torch.no_grad():
+            return F.mse_loss(adv.decoder(enc(x)), adv.images(x)).item()
+
+    before = mse()
+    adv.on_train_start(trainer)
+    assert mse() < 0.75 * before
