@@ -69,6 +69,11 @@ def add_at_flags(group) -> None:
     group.add_argument("--ssim_threshold", type=float, default=0.5,
                        help="gan_adv with SSIM: the encoder is penalised only for SSIM above this "
                             "(default: %(default)s)")
+    group.add_argument("--patrol_optimizer", default="rebuild", choices=["rebuild", "published"],
+                       help="PATROL (pruningE): after pruning, rebuild the optimizer over the pruned tensors "
+                            "(rebuild), or keep the published code's optimizer, which still holds the replaced "
+                            "pre-pruning tensors, so every pruned layer (and the layer after it) stops training "
+                            "(published) (default: %(default)s)")
 
 
 def add_defence_flags(group) -> None:
