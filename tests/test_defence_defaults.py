@@ -207,3 +207,51 @@ def test_pretraining_lowers_the_mse_it_trains_on():
     before = mse()
     adv.on_train_start(trainer)
     assert mse() < 0.75 * before
+
+
+def test_report_keeps_an_old_local_dp_run_apart_from_a_new_one(tmp_path):
+    """A finished run from when local_dp meant Laplace is neither averaged with nor titled like a new
+    (Gaussian) local_dp run: the report splits tables by identity and names AT_version."""
+    import json
+
+    from lifecycle.identity import identity
+    from tools import collect
+
+    new = _cfg(AT_regularization="local_dp", AT_regularization_strength=2.0)
+    old = {k: v for k, v in new.items() if k not in ("AT_version", "patrol_optimizer", "gan_pretrain_data")}
+    for name, c in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        res = {"final": {"mse_mean": 0.1, "ssim_mean": 0.5, "psnr_mean": 10.0}}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"status": "finished", "identity": identity(c), "config": c, "train": {"test_acc": 50.0},
+             "attack": {"decoder": {"train_time": res}}}))
+    runs, _ = collect.load_runs(tmp_path)
+    titles = [collect.group_title(k) for k, _ in collect.groups(runs)]
+    assert len(titles) == 2 and all("AT_version" in t for t in titles), titles
+
+
+def test_an_old_local_dp_run_folder_is_attacked_with_laplace_noise_and_not_taken_for_a_new_run(tmp_path):
+    import json
+
+    from lifecycle.experiment import run_experiment
+    from lifecycle.trained_run import load_trained_run
+    from utils import UserError
+
+    cfg = _cfg(dataset="digits", data_root=str(tmp_path / "data"), folder=str(tmp_path / "runs"), filename="r",
+               num_epochs=1, batch_size=32, limit_train=64, limit_test=32, no_attack=True, device="cpu",
+               AT_regularization="local_dp", AT_regularization_strength=2.0)
+    cfg.pop("no_progress")
+    run_experiment(cfg, progress=False)
+    run = tmp_path / "runs" / "r"
+    assert load_trained_run(run, device="cpu").defenses.find("local_dp").mechanism == "gaussian"
+    # make it a folder written before AT_version (and the flags added with it) existed
+    new_keys = ("AT_version", "patrol_optimizer", "gan_pretrain_data")
+    for name in ("config.json", "metrics.json"):
+        data = json.loads((run / name).read_text())
+        for part in (data, data.get("config", {}), data["identity"]["train"]):
+            for k in new_keys:
+                part.pop(k, None)
+        (run / name).write_text(json.dumps(data))
+    assert load_trained_run(run, device="cpu").defenses.find("local_dp").mechanism == "laplace"
+    with pytest.raises(UserError, match="AT_version"):
+        run_experiment(cfg, progress=False)  # not "already finished": another configuration
