@@ -97,6 +97,9 @@ class Trainer:
         # Called after the model's structure changed (pruning): anything holding its parameters or
         # a traced/captured graph of it (e.g. a compiled step) registers its rebuild here.
         self.structure_hooks: list = []
+        # Names of parameters left out of the optimizer: PATROL's `--patrol_optimizer published` keeps
+        # training only what survived pruning, as the published code's stale optimizer did.
+        self.frozen: set = set()
         self.opt = self._make_optimizer()
         stats = dict(mean=bundle.mean, std=bundle.std, device=device)
         n_train = len(bundle.train)
@@ -138,23 +141,46 @@ class Trainer:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         s, model = self.s, self.model
         enc_lr = s.local_lr if s.local_lr else s.learning_rate
-        server_params = list(model.server.parameters()) + list(model.classifier.parameters())
+
+        def trained(*parts):
+            out = []
+            for part in parts:
+                for name, p in getattr(model, part).named_parameters(prefix=part):
+                    if name in self.frozen:
+                        p.requires_grad_(False)  # its gradient would never be used (nor zeroed)
+                    else:
+                        out.append(p)
+            return out
+
         # One SGD, two groups: same update as the paper's separate client/server optimisers.
         return torch.optim.SGD(
-            [{"params": list(model.encoder.parameters()), "base_lr": enc_lr, "lr": enc_lr},
-             {"params": server_params, "base_lr": s.learning_rate, "lr": s.learning_rate}],
+            [{"params": trained("encoder"), "base_lr": enc_lr, "lr": enc_lr},
+             {"params": trained("server", "classifier"), "base_lr": s.learning_rate, "lr": s.learning_rate}],
             lr=s.learning_rate, momentum=s.momentum, weight_decay=s.weight_decay,
             **({"fused": True} if self.device.type == "cuda" else {}))  # one kernel for the whole update
 
-    def structure_changed(self, why: str = "") -> None:
+    def structure_changed(self, why: str = "", optimizer: str = "rebuild") -> None:
         """The model's tensors were replaced (e.g. channels pruned): rebuild what refers to them.
 
-        The optimizer starts afresh (its momentum buffers have the old shapes), and the best-epoch
-        tracker restarts, since earlier epochs scored a different model than the one deployed now.
+        optimizer "rebuild": the optimizer starts afresh over the current tensors (momentum buffers
+        of the old shapes cannot carry over). "published": as the published PATROL code, whose
+        optimizer still held the replaced tensors: the replaced ones stop training, the others keep
+        their momentum. The best-epoch tracker restarts either way, since earlier epochs scored a
+        different model than the one deployed now.
         """
+        if optimizer not in ("rebuild", "published"):
+            raise ValueError(f"optimizer must be 'rebuild' or 'published', got {optimizer!r}")
+        old = self.opt
+        if optimizer == "published":
+            held = {id(p) for g in old.param_groups for p in g["params"]}
+            self.frozen |= {n for n, p in self.model.named_parameters() if id(p) not in held}
         if self.s.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.opt = self._make_optimizer()
+        if optimizer == "published":
+            for p in (p for g in self.opt.param_groups for p in g["params"]):
+                if p in old.state:
+                    self.opt.state[p] = old.state[p]
         self.best = {"acc": -1.0, "epoch": 0}
         self.stepper.reset()  # its key sees new parameters anyway; drop the stale graphs' memory now
         for hook in self.structure_hooks:
@@ -269,7 +295,7 @@ class Trainer:
         ck = {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
               "architecture": architecture_record(self.model),
               "defenses": self.defenses.state_dict(), "rng": self._rng_state(), "best": dict(self.best),
-              "elapsed": self.elapsed}
+              "elapsed": self.elapsed, "frozen": sorted(self.frozen)}
         torch_save_atomic(ck, self.ckpt_dir / "last.pt")
 
     def _remember_best(self) -> None:
@@ -296,7 +322,8 @@ class Trainer:
         try:
             shapes_before = architecture_record(self.model)["shapes"]
             load_split_state(self.model, ck)
-            if architecture_record(self.model)["shapes"] != shapes_before:
+            self.frozen = set(ck.get("frozen") or ())  # the optimizer below must hold what the saved one held
+            if architecture_record(self.model)["shapes"] != shapes_before or self.frozen:
                 self.structure_changed()  # a pruned run: the optimizer must hold the new tensors
             self.opt.load_state_dict(ck["optimizer"])
         except Exception as e:  # a checkpoint from another config or a damaged file

@@ -1,17 +1,22 @@
 """Attacker-aware training (ResSFL, `gan_adv[_stepN]`): the defender trains its own inversion decoder
-D on the clean features and penalises the encoder when D reconstructs the input well.
+D on the clean features and penalises the encoder when D reconstructs the input well. As published:
 
-- D (`--adv_AE_type`, default res_normN4C64, Adam 1e-3) is pre-trained for `--gan_pretrain_epochs` on
-  the defender's own training split before the first epoch (the paper code uses the test set).
-- Each training batch: N steps of D on the clean, detached z (loss -SSIM, or MSE with
-  `--gan_loss_type MSE`), then the encoder term with D in eval mode:
-  strength * max(0, SSIM(D(z), x) - `--ssim_threshold`)  or  -strength * MSE(D(z), x).
-D's weights and optimizer state are part of the checkpoint, so `--resume` continues exactly. The
-defence steps its own optimizer inside `encoder_loss`, so the trainer must not capture that step
-in a graph (`capturable = False`).
+- D (`--adv_AE_type`, default res_normN4C64) is pre-trained before the first epoch for
+  `--gan_pretrain_epochs` with MSE on the noisy features (z + sigma*eps, the run's Gaussian noise, none
+  of the other obfuscations), its own Adam 1e-3 annealed (cosine) to 1e-5, batches of 256; on the
+  defender's training split (`--gan_pretrain_data train`, our default) or the test split (`test`, the
+  paper code's choice, which lets the defender see the images the attacks are scored on).
+- Each training batch: N steps (3 without `_stepN`) of D's own Adam (1e-3, x0.2 at epochs 60/150/240
+  of 240, scaled to the run's length) on clean features of the same batch from the encoder in eval
+  mode (loss -SSIM, or MSE with `--gan_loss_type MSE`), then the encoder term with D in eval mode on
+  the training forward's z: strength * max(0, SSIM(D(z), x) - `--ssim_threshold`) or -strength * MSE.
+D's weights and optimizer state are part of the checkpoint, and its lr is a function of the epoch, so
+`--resume` continues exactly. The defence steps its own optimizer inside `encoder_loss`, so the
+trainer must not capture that step in a graph (`capturable = False`).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -24,6 +29,19 @@ from defenses.base import Defense
 from defenses.registry import register_at
 from utils import UserError
 
+PAPER_DECODER_MILESTONES = (60, 150, 240)  # of 240 epochs: D's lr x0.2 from these (1-based) epochs on
+DECODER_LR_DECAY = 0.2
+PRETRAIN_BATCH = 256
+PRETRAIN_LR_END = 1e-5
+
+
+def decoder_milestones(num_epochs: int, spec: str = "paper") -> list:
+    """Epochs (1-based) that already run D's lr reduced, scaled to the run's length like the main
+    schedule (never before epoch 2); none when the main lr is constant (`--milestones none`)."""
+    if str(spec).strip().lower() == "none":
+        return []
+    return sorted({max(2, int(round(m * num_epochs / 240))) for m in PAPER_DECODER_MILESTONES})
+
 
 class AdversarialTraining(Defense):
     name = "gan_adv"
@@ -32,12 +50,17 @@ class AdversarialTraining(Defense):
     def __init__(self, strength: float, steps: int, feature_shape: Sequence[int], image_size: int,
                  mean: Sequence[float], std: Sequence[float], decoder: str = "res_normN4C64",
                  pretrain_epochs: int = 30, loss_type: str = "SSIM", ssim_threshold: float = 0.5,
-                 lr: float = 1e-3, seed: int = 0, channels: Optional[int] = None):
+                 lr: float = 1e-3, seed: int = 0, channels: Optional[int] = None, sigma: float = 0.0,
+                 milestones: Sequence[int] = (), pretrain_data: str = "train"):
         if loss_type not in ("SSIM", "MSE"):
             raise UserError(f"--gan_loss_type must be SSIM or MSE (got '{loss_type}')")
+        if pretrain_data not in ("train", "test"):
+            raise UserError(f"--gan_pretrain_data must be train or test (got '{pretrain_data}')")
         self.strength, self.steps = float(strength), int(steps)
         self.pretrain_epochs, self.loss_type = int(pretrain_epochs), loss_type
         self.ssim_threshold, self.seed = float(ssim_threshold), int(seed)
+        self.sigma, self.pretrain_data = float(sigma), pretrain_data
+        self.lr, self.milestones = float(lr), sorted(int(m) for m in milestones)
         channels = len(mean) if channels is None else channels
         self.decoder = build_decoder(decoder, feature_shape, image_size, out_channels=channels)
         self.decoder.requires_grad_(False)  # only its own steps train it; the encoder loss must not
@@ -45,6 +68,9 @@ class AdversarialTraining(Defense):
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.pretrained = False
+        # The encoder whose eval-mode features D trains on (bound by on_train_start); without one
+        # (a defence used on its own) D trains on the features it is given.
+        self.encoder: Optional[torch.nn.Module] = None
         self._ssim_sum = self._n = None  # running defender-decoder quality over an epoch (no sync per batch)
 
     # ------------------------------------------------------------------ pieces
@@ -52,22 +78,43 @@ class AdversarialTraining(Defense):
         """The network input back in [0, 1], the decoder's target."""
         return (x.float() * self.std.to(x.device) + self.mean.to(x.device)).clamp(0.0, 1.0)
 
-    def decoder_step(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One Adam step of D on detached features; returns D's batch SSIM (detached)."""
+    def decoder_step(self, z: torch.Tensor, target: torch.Tensor, opt: Optional[torch.optim.Optimizer] = None,
+                     loss_type: Optional[str] = None) -> torch.Tensor:
+        """One Adam step of D (with `opt`, default its own) on detached features; returns D's batch
+        SSIM (detached)."""
+        opt = self.opt if opt is None else opt
+        loss_type = loss_type or self.loss_type
         self.decoder.train()
         self.decoder.requires_grad_(True)
         try:
             with torch.enable_grad():
                 rec = self.decoder(z.detach())
                 ssim = ssim_paper(rec, target).mean()
-                loss = -ssim if self.loss_type == "SSIM" else F.mse_loss(rec, target)
-                self.opt.zero_grad(set_to_none=True)
+                loss = -ssim if loss_type == "SSIM" else F.mse_loss(rec, target)
+                opt.zero_grad(set_to_none=True)
                 loss.backward()
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)  # no stale gradients held between batches
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # no stale gradients held between batches
         finally:
             self.decoder.requires_grad_(False)
         return ssim.detach()
+
+    def lr_at(self, epoch: int) -> float:
+        """D's lr in the epoch with 0-based index `epoch`."""
+        return self.lr * DECODER_LR_DECAY ** sum(epoch + 1 >= m for m in self.milestones)
+
+    @torch.no_grad()
+    def eval_features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The features D trains on: the bound encoder's in eval mode (BatchNorm on its running
+        statistics, as the published step computes them), else `z` itself."""
+        if self.encoder is None:
+            return z.detach()
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            return self.encoder(x).float()
+        finally:
+            self.encoder.train(was_training)
 
     def penalty(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The encoder's term, with D in eval mode (its BatchNorm statistics are not touched)."""
@@ -82,8 +129,9 @@ class AdversarialTraining(Defense):
         if self.strength == 0:
             return None
         target = self.images(x)
+        clean = self.eval_features(x, z)  # no dropout in the encoder: the same for every step
         for _ in range(self.steps):
-            ssim = self.decoder_step(z, target)
+            ssim = self.decoder_step(clean, target)
         if self._ssim_sum is None:
             self._ssim_sum, self._n = torch.zeros((), device=z.device), 0
         self._ssim_sum += ssim
@@ -91,14 +139,18 @@ class AdversarialTraining(Defense):
         return self.penalty(z, target)
 
     def on_train_start(self, trainer) -> dict:
-        """Pre-trains D on the defender's training split (once: a resumed run has it in its state)."""
+        """Binds the encoder, then pre-trains D (once: a resumed run has it in its state)."""
+        self.encoder = trainer.model.encoder  # pruning changes its tensors in place, not the module
         if self.pretrained or self.strength == 0:
             return {}
         from datasets import BatchLoader
 
         b = trainer.bundle
-        loader = BatchLoader(b.train, trainer.s.batch_size, mean=b.mean, std=b.std, device=trainer.device,
-                             shuffle=True, seed=self.seed + 7919, drop_last=len(b.train) > trainer.s.batch_size)
+        split = b.train if self.pretrain_data == "train" else b.test
+        loader = BatchLoader(split, PRETRAIN_BATCH, mean=b.mean, std=b.std, device=trainer.device,
+                             shuffle=True, seed=self.seed + 7919, drop_last=len(split) > PRETRAIN_BATCH)
+        # Its own optimizer and schedule, as published: the per-batch optimizer starts afresh after.
+        opt = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
         encoder = trainer.model.encoder
         was_training = encoder.training
         encoder.eval()
@@ -106,12 +158,15 @@ class AdversarialTraining(Defense):
         bar = tqdm(range(self.pretrain_epochs), desc="gan_adv: pre-training the defender decoder",
                    disable=not trainer.progress, leave=False, unit="epoch")
         for epoch in bar:
+            for g in opt.param_groups:
+                g["lr"] = self.pretrain_lr(epoch)
             loader.set_epoch(epoch)
             total, n = torch.zeros((), device=trainer.device), 0
             for x, _ in loader:
                 with torch.no_grad():
                     z = encoder(x).float()
-                total += self.decoder_step(z, self.images(x))
+                    z = z + self.sigma * torch.randn_like(z) if self.sigma > 0 else z
+                total += self.decoder_step(z, self.images(x), opt=opt, loss_type="MSE")
                 n += 1
             ssim = (total / max(n, 1)).item()
             bar.set_postfix(ssim=f"{ssim:.3f}")
@@ -119,6 +174,15 @@ class AdversarialTraining(Defense):
         encoder.train(was_training)
         self.pretrained = True
         return {} if ssim is None else {"adv_pretrain_ssim": ssim}
+
+    def pretrain_lr(self, epoch: int) -> float:
+        """Cosine annealing from lr to 1e-5 over the pre-training epochs (0-based `epoch`)."""
+        t = epoch / max(self.pretrain_epochs, 1)
+        return PRETRAIN_LR_END + (self.lr - PRETRAIN_LR_END) * (1 + math.cos(math.pi * t)) / 2
+
+    def on_epoch_start(self, trainer, epoch):
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(epoch)
 
     def on_epoch_end(self, trainer):
         if not self._n:
@@ -158,4 +222,8 @@ def _build(opts, ctx):
         opts.strength, opts.gan_adv_steps, ctx.feature_shape, ctx.image_size, ctx.mean, ctx.std,
         decoder=str(c.get("adv_AE_type") or "res_normN4C64"),
         pretrain_epochs=int(c.get("gan_pretrain_epochs", 30)), loss_type=str(c.get("gan_loss_type") or "SSIM"),
-        ssim_threshold=float(c.get("ssim_threshold", 0.5)), seed=int(c.get("random_seed", 0)))
+        ssim_threshold=float(c.get("ssim_threshold", 0.5)), seed=int(c.get("random_seed", 0)),
+        sigma=float(c.get("regularization_strength") or 0.0)
+        if str(c.get("regularization") or "None").lower().startswith("gaussian") else 0.0,
+        milestones=decoder_milestones(int(c.get("num_epochs", 240)), str(c.get("milestones", "paper"))),
+        pretrain_data=str(c.get("gan_pretrain_data") or "train"))

@@ -26,9 +26,11 @@ def cem_clusters(arch: str) -> int:
 def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> DefenseStack:
     """Builds the defence stack from a run config (the argparse namespace as a dict).
 
-    Order: Gaussian noise, then the --AT_regularization options in pipeline order (dropout, top-k,
-    local DP obfuscate after the noise; nopeek / gan_adv / pruning only add encoder losses or act
-    on the trainer), then CEM. `context` fills `BuildContext` (feature_shape, image_size, mean, std).
+    Order: Gaussian noise, then the --AT_regularization options in pipeline order (local DP, dropout,
+    top-k obfuscate after the noise, as published; nopeek / gan_adv / pruning only add encoder losses
+    or act on the trainer), then CEM. `context` fills `BuildContext` (feature_shape, image_size, mean,
+    std). A config recorded before `--AT_version` existed is rebuilt with the meaning its options had
+    then (defenses/at_options.py), so an old run is attacked through what it actually sent.
     """
     reg = str(cfg.get("regularization") or "None")
     sigma = float(cfg.get("regularization_strength") or 0.0)

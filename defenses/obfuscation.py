@@ -2,7 +2,8 @@
 
 They are part of the sent features, so they stay on at inference and in every attack query
 (`training` is ignored on purpose): a defence is scored on what it actually sends. They run after
-the Gaussian noise (pipeline z -> noise -> dropout -> top-k -> local DP).
+the Gaussian noise in the published order, z -> noise -> local DP -> dropout -> top-k, so dropout and
+top-k zero what the noise would otherwise have filled (the order is set in defenses/at_options.py).
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ class TopKPrune(Defense):
     """Zeroes, per sample, the fraction p of entries with the smallest magnitude (round(p*D) of D).
 
     Per sample on purpose: the paper code thresholds over the whole batch, so there a sample's
-    sent features depend on which other samples share its batch.
+    sent features depend on which other samples share its batch. The paper code also ranks signed
+    values, not magnitudes: the same for non-negative (sigmoid) features, but after the noise an entry
+    pushed below zero is the first it drops and the last we would (docs/differences.md).
     """
 
     name = "topkprune"
@@ -59,12 +62,13 @@ class TopKPrune(Defense):
 
 
 class LocalDP(Defense):
-    """Local differential-privacy noise with epsilon = the strength: Laplace of scale 1/eps, or
-    Gaussian of std sqrt(2 ln(1.25/delta))/eps with delta = 1e-4 (unit sensitivity, as published)."""
+    """Local differential-privacy noise with epsilon = the strength: Gaussian of std
+    sqrt(2 ln(1.25/delta))/eps with delta = 1e-4 (`local_dp`, the published default), or Laplace of
+    scale 1/eps (`local_dp_laplace`); unit sensitivity, as published."""
 
     name = "local_dp"
 
-    def __init__(self, epsilon: float, mechanism: str = "laplace", delta: float = LOCAL_DP_DELTA):
+    def __init__(self, epsilon: float, mechanism: str = "gaussian", delta: float = LOCAL_DP_DELTA):
         if epsilon <= 0:
             raise ValueError("local DP needs epsilon > 0")
         if mechanism not in ("laplace", "gaussian"):

@@ -5,7 +5,11 @@ With the option on, the device side also gets one extra layer from the start (bu
 encoder's conv channels are pruned with torch-pruning's DepGraph: Taylor importance |w · dL/dw|
 summed over each coupled group, gradients from real training batches, ratio 0.05 per layer; convs
 with at most 32 output channels, and the conv that produces z, are left alone, so the features the
-server reads keep their shape. The trainer then rebuilds its optimizer (`structure_changed`).
+server reads keep their shape. The trainer then rebuilds its optimizer over the pruned tensors
+(`--patrol_optimizer rebuild`, our default). torch-pruning replaces the tensors of every layer it
+touches, and the published code keeps its optimizer, which still holds the replaced ones: those
+layers stop training for the rest of the run. `--patrol_optimizer published` reproduces that: the
+optimizer keeps only the tensors that survived pruning unchanged, with their momentum.
 """
 from __future__ import annotations
 
@@ -79,8 +83,10 @@ class PatrolPruning(Defense):
     name = "pruning"
 
     def __init__(self, epoch: int, ratio: float = PRUNE_RATIO, keep_at_most: int = KEEP_AT_MOST,
-                 taylor_batches: int = TAYLOR_BATCHES):
-        self.epoch = int(epoch)
+                 taylor_batches: int = TAYLOR_BATCHES, optimizer: str = "rebuild"):
+        if optimizer not in ("rebuild", "published"):
+            raise UserError(f"--patrol_optimizer must be rebuild or published (got '{optimizer}')")
+        self.epoch, self.optimizer = int(epoch), optimizer
         self.ratio, self.keep_at_most, self.taylor_batches = ratio, keep_at_most, taylor_batches
         self.pruned: Dict[str, list] = {}
 
@@ -93,7 +99,8 @@ class PatrolPruning(Defense):
         counts = prune_encoder(trainer.model, batches, self.ratio, self.keep_at_most)
         self.pruned = {k: list(v) for k, v in counts.items()}
         desc = ", ".join(f"{k} {a}->{b}" for k, (a, b) in counts.items()) or "no prunable conv"
-        trainer.structure_changed(f"PATROL: pruned the encoder at the start of epoch {self.epoch}: {desc}")
+        trainer.structure_changed(f"PATROL: pruned the encoder at the start of epoch {self.epoch}: {desc}",
+                                  optimizer=self.optimizer)
 
     def state_dict(self):
         return {"epoch": self.epoch, "pruned": dict(self.pruned)}
@@ -108,4 +115,4 @@ def _build(opts, ctx):
     if opts.pruning_epoch > epochs:
         raise UserError(f"--AT_regularization {opts.text}: pruning epoch {opts.pruning_epoch} is after the last "
                         f"epoch ({epochs}); choose pruningE with E <= --num_epochs")
-    return PatrolPruning(opts.pruning_epoch)
+    return PatrolPruning(opts.pruning_epoch, optimizer=str(ctx.cfg.get("patrol_optimizer") or "rebuild"))

@@ -105,6 +105,8 @@ def test_gan_adv_run_resumes_exactly(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     da, db = a["defenses"]["gan_adv"], b["defenses"]["gan_adv"]
     assert da["pretrained"] and db["pretrained"]
+    # 2 epochs: the decoder's lr milestones 60/150/240 of 240 all fall on epoch 2 (never before it)
+    assert da["optimizer"]["param_groups"][0]["lr"] == db["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
     for k in da["decoder"]:
         assert torch.equal(da["decoder"][k], db["decoder"][k]), k
     assert "adv_decoder_ssim" in (tmp_path / "runs" / "full" / "log.txt").read_text()

@@ -29,10 +29,13 @@ def test_values_are_read():
     o = parse_at_options("gan_adv_step1_pruning180", 0.3)
     assert (o.gan_adv_steps, o.pruning_epoch, o.strength) == (1, 180, 0.3)  # the paper code's parse gives 3
     assert parse_at_options("gan_adv_step5", 1).gan_adv_steps == 5
-    assert parse_at_options("gan_adv", 1).gan_adv_steps == 1
-    o = parse_at_options("dropout0.2_topkprune.5_local_dp_gaussian", 2)
-    assert (o.dropout, o.topk, o.local_dp) == (0.2, 0.5, "gaussian")
-    assert parse_at_options("local_dp", 2).local_dp == "laplace"
+    assert parse_at_options("gan_adv", 1).gan_adv_steps == 3  # as published
+    o = parse_at_options("dropout0.2_topkprune.5_local_dp_laplace", 2)
+    assert (o.dropout, o.topk, o.local_dp) == (0.2, 0.5, "laplace")
+    assert parse_at_options("local_dp", 2).local_dp == "gaussian"
+    # what the text meant for a run recorded before --AT_version (defenses/at_options.py)
+    assert parse_at_options("local_dp", 2, version=1).local_dp == "laplace"
+    assert parse_at_options("gan_adv", 1, version=1).gan_adv_steps == 1
 
 
 def test_strength_zero_enables_none_but_still_checks():
@@ -51,6 +54,7 @@ def test_strength_zero_enables_none_but_still_checks():
     ("dropout1.5", "dropout1.5"), ("topkprune-1", "topkprune-1"), ("dropout", "dropout0.2"),
     ("gan_advx", "gan_advx"), ("foo", "foo"), ("dropout0.2_bar", "bar"), ("dropout0.2_dropout0.3", "twice"),
     ("gan_adv_step0", "step"), ("pruning0", "pruning"), ("local_dp_gaussian_local_dp", "twice"),
+    ("local_dp_laplace_local_dp_gaussian", "twice"), ("local_dp_gauss", "gauss"),
     ("dropout0.2.3", "dropout0.2.3"), ("topkprune1", "topkprune1"), ("dropoutnan", "dropoutnan"),
 ])
 def test_bad_text_is_a_user_error(text, needle):
@@ -67,10 +71,15 @@ def test_bad_strength():
 
 def test_stack_order_and_parts():
     cfg = {"arch": "vgg11_bn_sgm", "regularization": "Gaussian_kl", "regularization_strength": 0.1, "lambd": 0,
-           "AT_regularization": "local_dp_topkprune0.5_dropout0.2", "AT_regularization_strength": 2.0}
+           "AT_regularization": "local_dp_topkprune0.5_dropout0.2", "AT_regularization_strength": 2.0,
+           "AT_version": 2}
     names = [type(d) for d in build_defenses(cfg, 10, 100).defenses]
     from defenses import GaussianNoise
-    assert names == [GaussianNoise, Dropout, TopKPrune, LocalDP]  # z -> noise -> dropout -> top-k -> local DP
+    assert names == [GaussianNoise, LocalDP, Dropout, TopKPrune]  # z -> noise -> local DP -> dropout -> top-k
+    del cfg["AT_version"]  # a run recorded before the flag: local DP came last
+    assert [type(d) for d in build_defenses(cfg, 10, 100).defenses] == [GaussianNoise, Dropout, TopKPrune, LocalDP]
+    with pytest.raises(UserError, match="AT_version 7"):
+        build_defenses(dict(cfg, AT_version=7), 10, 100)
 
 
 @pytest.mark.parametrize("text,needle", [("dropout1.5", "dropout1.5"), ("topkprune-1", "topkprune-1"),

@@ -203,3 +203,41 @@ def test_structure_change_rebuilds_optimizer_resets_best_and_calls_hooks(tmp_pat
     in_opt = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in model.parameters()}
     assert defenses.find("pruning").state_dict()["pruned"]["encoder.layer1.0"] == [64, 60]
+
+
+@pytest.mark.parametrize("mode", ["rebuild", "published"])
+def test_patrol_optimizer_published_stops_training_the_replaced_tensors(tmp_path, mode):
+    """The published code's optimizer keeps the pre-pruning tensors: with `published` the pruned layers
+    stop training (and the survivors keep their momentum); with `rebuild` everything trains on."""
+    cfg = cfg_for(tmp_path, AT_regularization="pruning2", patrol_optimizer=mode)
+    bundle, model, defenses, _ = _load_everything(cfg, torch.device("cpu"))
+    trainer = Trainer(model, bundle, defenses, torch.device("cpu"), tmp_path / "run",
+                      TrainSettings(num_epochs=2, batch_size=32), progress=False, log=lambda m: None)
+    x, y = next(iter(trainer.train_loader))
+    trainer._step(x, y)  # epoch 1: every tensor gets a momentum buffer
+    defenses.on_epoch_start(trainer, 1)  # start of epoch 2: prune
+    enc = model.encoder
+    pruned, survivor = enc.layer1[0].weight, enc.extra[0].weight  # 64 -> 60 channels; 16, never pruned
+    before = pruned.detach().clone(), survivor.detach().clone()
+    momentum = trainer.opt.state.get(survivor, {}).get("momentum_buffer")
+    trainer._step(x, y)
+    assert not torch.equal(survivor, before[1])
+    if mode == "published":
+        assert torch.equal(pruned, before[0])
+        assert {"encoder.layer1.0.weight", "encoder.layer3.0.weight", "encoder.bottleneck.0.weight"} <= trainer.frozen
+        assert "encoder.extra.0.weight" not in trainer.frozen and momentum is not None
+    else:
+        assert not torch.equal(pruned, before[0])
+        assert trainer.frozen == set() and momentum is None
+
+
+def test_published_patrol_optimizer_resumes_exactly(tmp_path):
+    over = dict(AT_regularization="pruning1", patrol_optimizer="published")
+    full = run_experiment(cfg_for(tmp_path, filename="full", **over), progress=False)
+    run_experiment(cfg_for(tmp_path, filename="killed", **over), progress=False, stop_after=1)
+    done = run_experiment(cfg_for(tmp_path, filename="killed", resume=True, **over), progress=False)
+    assert done["train"]["test_acc"] == full["train"]["test_acc"]
+    a = torch.load(tmp_path / "runs" / "full" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs" / "killed" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["frozen"] == b["frozen"] and "encoder.layer1.0.weight" in a["frozen"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
