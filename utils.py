@@ -75,10 +75,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name) -> str:
+    """The --device value, lower-cased, if it is one this project knows; no torch needed, so it is
+    checked with the other flags before any work (and before a finished run is reported finished)."""
+    low = str(name or "auto").lower()
+    if not DEVICE_NAMES.fullmatch(low):
+        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+    return low
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     import torch
 
-    name = (name or "auto").lower()
+    name = check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -86,14 +98,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device auto or cpu")
+        count = torch.cuda.device_count()
+        if ":" in name and int(name[5:]) >= count:  # else torch fails later, at the first tensor moved
+            raise UserError(f"--device {name} was asked for but only {count} CUDA GPU(s) are visible "
+                            f"(cuda:0 to cuda:{count - 1}); pick one of them or use --device cuda")
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
 
 

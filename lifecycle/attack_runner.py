@@ -188,6 +188,8 @@ def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] =
     raised together. Returns {run_dir: 'attacked' | 'skipped'}; `run` replaces attack_run (for
     executors and tests)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"sweep folder '{folder}' is a file; pass the --folder that holds the run folders")
     if not folder.is_dir():
         raise UserError(f"sweep folder '{folder}' does not exist; pass the --folder used for the runs")
     runs = finished_runs(folder)

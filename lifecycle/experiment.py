@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from lifecycle.flags import DEFAULT_DATA_ROOT, check_recorded
 from lifecycle.identity import attack_keys, default_filename, identity, select_results
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
@@ -79,6 +80,7 @@ def _train_and_attack(cfg: dict, run: Run, progress: bool, stop_after: Optional[
         if state == "resume" and not cfg.get("resume"):
             raise UserError(f"{run.dir} holds an unfinished run; pass --resume to continue it or --force to start over")
     resuming = state == "resume" and not cfg.get("force")
+    cfg["data_root"] = cfg.get("data_root") or DEFAULT_DATA_ROOT
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg["random_seed"]))
     bundle, model, defenses, notes = _load_everything(cfg, device)
@@ -173,6 +175,8 @@ def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
     """Attacks a trained run from its checkpoint with the attack flags given now (training flags are
     taken from the run). Results for the run's own attack settings complete its `attack` section;
     other settings go beside them, under `attack_variants.<digest>`, never over them."""
+    if run.dir.exists() and not run.dir.is_dir():
+        raise UserError(f"'{run.dir}' is a file, not a run folder; pass the --folder and --filename of a trained run")
     if not run.config_path.exists() or not run.best_ckpt.exists():
         raise UserError(f"--attack_only needs a trained run in {run.dir} (config.json and checkpoints/best.pt); "
                         "check --folder/--filename or train it first")
@@ -185,11 +189,12 @@ def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
 
 def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     saved, metrics = run.config(), run.metrics()
+    check_recorded(saved, run.config_path)
     if "train" not in metrics:
         raise UserError(f"{run.dir} has not finished training; finish it with --resume first")
     merged = dict(saved)
     for k in attack_keys() | {"attack_modes", "device", "data_root", "capture"}:
-        if k in cfg:
+        if k in cfg and not (k == "data_root" and cfg[k] is None):  # no --data_root: the run's own
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
     block, tag, only, adopted = select_results(saved, metrics, merged, force=bool(cfg.get("force")))
