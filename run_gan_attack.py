@@ -49,12 +49,14 @@ def main(argv=None) -> int:
     from lifecycle.attack_runner import attack_run
     from lifecycle.experiment import main_guard
     from lifecycle.validation import check_numbers
-    from utils import UserError, check_device_name
+    from utils import UserError, check_device_name, stop_on_sigterm
 
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "no_progress")}
     settings.update(attacks="gan", progress=not args.no_progress, device=args.device or "auto")
+    if argv is None:  # the real process, not a test calling main(): SIGTERM stops it like Ctrl-C
+        stop_on_sigterm()
 
     def go():
         if not args.runs and not args.sweep:
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
             attack_run(run_dir, settings)
         return _sweep(parser, args, settings) if args.sweep else 0
 
-    return main_guard(go)
+    return main_guard(go, stage="attack")
 
 
 def _sweep(parser, args, settings) -> int:

@@ -15,8 +15,11 @@ import os
 import pickle
 import random
 import re
+import signal
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -64,6 +67,43 @@ def reject_non_finite(token: str):
     """json.load's parse_constant hook: called for the bare words NaN, Infinity and -Infinity."""
     raise NotStrictJSON(f"holds a bare {token}, which is not JSON (this project writes null for a "
                         "non-finite number)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, the sweep), raised by the handler `stop_on_sigterm` installs: work stops as
+    on Ctrl-C, saved and resumable. Entry points exit 143 for it and 130 for Ctrl-C (128 + the signal),
+    as run_exp.sh does, so a caller can tell who stopped it."""
+
+
+def _terminate(signum, frame):
+    # Once only: a scheduler and a sweep may both send it, and a second one must not cut the saving short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """Entry points only: without this, SIGTERM kills the process with no clean-up and no message."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextmanager
+def signals_deferred():
+    """SIGINT/SIGTERM that arrive inside the block take effect when it ends, so that files which must
+    change together do (an attack's results, then the resumable checkpoint they make obsolete)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    caught: list = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
 
 
 def seed_everything(seed: int) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from attacks.flags import ATTACKS, DEFAULTS, MODES, gan_epochs
 from lifecycle.flags import parse_list
-from utils import UserError, read_json, seed_everything, write_json
+from utils import UserError, read_json, seed_everything, signals_deferred, write_json
 
 # Flags that only change how a run is attacked (never what was trained); `--attack_only` and
 # run_gan_attack.py may override them.
@@ -79,10 +79,11 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                 saved = save_decoder(res.model, run_dir / "attacks" / f"{name}_{mode}{tag}.pt", mode=mode, attack=name)
                 entry["saved_model"] = str(saved.relative_to(run_dir))
             results.setdefault(name, {})[mode] = entry
-            _write_merged(run_dir, metrics)
-            ck = getattr(attack, "checkpoint_path", None)
-            if ck is not None:
-                ck.unlink(missing_ok=True)
+            with signals_deferred():  # a checkpoint left beside its finished results would be stale
+                _write_merged(run_dir, metrics)
+                ck = getattr(attack, "checkpoint_path", None)
+                if ck is not None:
+                    ck.unlink(missing_ok=True)
             f, b = res.final, res.baseline_mean_image
             log(f"  {name} {mode}: MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  PSNR {f['psnr_mean']:.2f} dB "
                 f"(mean-image guess: MSE {b['mse_mean']:.4f} PSNR {b['psnr_mean']:.2f} dB)  "

@@ -15,7 +15,7 @@ from lifecycle.flags import DEFAULT_DATA_ROOT, check_recorded
 from lifecycle.identity import attack_keys, default_filename, identity, select_results
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
-from utils import OutOfSpace, RunFailed, UserError, disk_full, resolve_device, seed_everything, write_json
+from utils import OutOfSpace, RunFailed, Terminated, UserError, disk_full, resolve_device, seed_everything, write_json
 
 
 def _load_everything(cfg: dict, device):
@@ -117,13 +117,24 @@ class _recording:
         return self
 
     def __exit__(self, kind, err, tb):
-        if kind is KeyboardInterrupt:
-            self.metrics["status"] = "interrupted"
+        if kind is None:
+            return False
+        # Once training has finished, a stop only cuts an attack short: the run stays `finished`, so it
+        # can be attacked (run_gan_attack.py) and a rerun adds the attack results still missing.
+        stopped = "finished" if "train" in self.metrics else "interrupted"
+        if issubclass(kind, KeyboardInterrupt):
+            self.metrics["status"] = stopped
         elif kind is RunFailed:
             self.metrics.update(status="failed", error=str(err))
             self.run.log(f"failed: {err}")
         elif kind is OutOfSpace:
-            self.metrics.update(status="interrupted", error=str(err))
+            self.metrics["status"] = stopped
+            if stopped == "interrupted":  # after training it would outlive the results a rerun adds
+                self.metrics["error"] = str(err)
+        elif issubclass(kind, Exception) and "train" not in self.metrics:
+            # a bug: its traceback follows, but the status must not stay `training` for ever
+            first = str(err).splitlines()[0][:200] if str(err) else ""
+            self.metrics.update(status="failed", error=f"{kind.__name__}: {first}")
         else:
             return False
         try:
@@ -219,12 +230,27 @@ def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progr
             block: Optional[dict] = None, tag: str = "", only: Optional[set] = None) -> dict:
     from lifecycle.attack_runner import run_attacks
 
-    return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
-                       results=block, tag=tag, only=only)
+    try:
+        return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
+                           results=block, tag=tag, only=only)
+    except KeyboardInterrupt as e:
+        e.stage = "attack"  # main_guard's message: the trained model is safe, only attack results are missing
+        raise
 
 
-def main_guard(fn: Callable[[], int]) -> int:
-    """User errors become one line on stderr and exit status 2; Ctrl-C keeps what was saved."""
+INTERRUPTED = {
+    "training": "interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "
+                "--checkpoint_seconds); rerun the same command with --resume to continue",
+    "attack": "interrupted: the attack was stopped; the trained model and the attack results already written "
+              "are kept (a GAN attack also its last checkpoint, every --checkpoint_every epochs); rerun the same "
+              "command to resume it and add the missing results",
+}
+
+
+def main_guard(fn: Callable[[], int], stage: str = "training") -> int:
+    """User errors become one line on stderr and exit status 2; Ctrl-C keeps what was saved and exits
+    130, SIGTERM (utils.stop_on_sigterm) 143. `stage` is what an interruption stopped, unless the
+    exception says otherwise (an attack after training)."""
     try:
         return fn() or 0
     except UserError as e:
@@ -238,7 +264,6 @@ def main_guard(fn: Callable[[], int]) -> int:
             raise
         print(f"error: {OutOfSpace.at(e.filename)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "
-              "--checkpoint_seconds); rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(INTERRUPTED[getattr(e, "stage", stage)], file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
