@@ -9,7 +9,6 @@ checkpoints/{last,best}.pt, images/.
 """
 from __future__ import annotations
 
-import signal
 import sys
 
 
@@ -20,21 +19,16 @@ def build_parser():
     return build(__doc__)
 
 
-def _interrupt(signum, frame):
-    # SIGTERM (a scheduler, run_exp.sh) ends the run like Ctrl-C: saved and resumable. Once only: a
-    # scheduler and a sweep may both send it, and a second one must not cut the saving short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     from lifecycle.experiment import main_guard, run_experiment
+    from utils import stop_on_sigterm
 
     args = build_parser().parse_args(argv)
     cfg = vars(args)
     progress = not cfg.pop("no_progress")
     if argv is None:  # the real process, not a test calling main()
-        signal.signal(signal.SIGTERM, _interrupt)
+        # SIGTERM (a scheduler, run_exp.sh) ends the run like Ctrl-C: saved and resumable; exit 143.
+        stop_on_sigterm()
     return main_guard(lambda: run_experiment(cfg, progress=progress) and 0)
 
 

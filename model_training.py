@@ -206,6 +206,7 @@ class Trainer:
         """Accuracy in percent as deployed: the obfuscation (noise) stays on."""
         self.model.eval()
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        finite = torch.ones((), device=self.device, dtype=torch.bool)
         n = 0
         encoder = self._eval_encoder.prepare(self.model.encoder)
         for x, y in loader:
@@ -213,8 +214,11 @@ class Trainer:
                 z = encoder(self._prep(x))
                 out = self.model.server_forward(self.defenses.obfuscate(z, training=False))
             correct += (out.argmax(1) == y).sum()
+            finite &= torch.isfinite(out).all()
             n += len(y)
-        return 100.0 * correct.item() / max(n, 1)
+        hits, ok = torch.stack([correct, finite.long()]).tolist()  # one sync
+        self.outputs_finite = bool(ok)  # argmax of NaN logits still counts as an answer
+        return 100.0 * hits / max(n, 1)
 
     @torch.no_grad()
     def train_features(self, augment: bool = False):
@@ -340,6 +344,11 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ the loop
+    def _diverged(self, what: str, epoch: int):
+        kept = f"epoch {self._saved_epoch}" if self._saved_epoch else "none written yet"
+        raise RunFailed(f"{what} in epoch {epoch + 1}; the last good checkpoint ({kept}) is kept; lower "
+                        "--learning_rate or --lambd, or check the data")
+
     def fit(self, stop_after: Optional[int] = None) -> dict:
         """Trains until num_epochs; `stop_after` ends early after that many epochs (tests of resume)."""
         from defenses import CEM, lambda_eff  # local: keeps the engine importable without defences
@@ -358,11 +367,13 @@ class Trainer:
             stats = self.train_epoch(epoch)
             bad = [k for k in ("train_loss", "cem_term", "other_defense_term") if not math.isfinite(stats[k])]
             if bad:  # checked once per epoch (the sums are already on the host): no per-batch sync
-                kept = f"epoch {self._saved_epoch}" if self._saved_epoch else "none written yet"
-                raise RunFailed(f"the training loss became non-finite ({bad[0]} = {stats[bad[0]]}) in epoch "
-                                f"{epoch + 1}; the last good checkpoint ({kept}) is kept; lower "
-                                "--learning_rate or --lambd, or check the data")
+                self._diverged(f"the training loss became non-finite ({bad[0]} = {stats[bad[0]]})", epoch)
             val_acc = self.evaluate(self.select_loader)
+            # Losses are measured before each step, so the last steps of an epoch can blow the weights up
+            # (an lr far too large) with every loss finite; nothing after this (defences, checkpoints,
+            # attacks) may get a model whose outputs overflow.
+            if not self.outputs_finite:
+                self._diverged("the model's outputs became non-finite (an SGD step overflowed)", epoch)
             extra = self.defenses.on_epoch_end(self)
             self.epoch = epoch + 1
             dt = time.perf_counter() - t0

@@ -23,8 +23,9 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from attacks.flags import add_gan_flags, add_view_flag
+    from lifecycle.flags import OneLineParser
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders written by main_MIA.py")
     p.add_argument("--sweep", metavar="FOLDER", default=None,
                    help="attack every finished run below FOLDER, skipping runs that already have GAN results")
@@ -50,22 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from lifecycle.attack_runner import attack_run
     from lifecycle.experiment import main_guard
-    from utils import UserError
+    from lifecycle.validation import check_numbers
+    from utils import UserError, check_device_name, stop_on_sigterm
 
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "sweep", "no_progress")}
     settings.update(attacks="gan", progress=not args.no_progress, device=args.device or "auto")
+    if argv is None:  # the real process, not a test calling main(): SIGTERM stops it like Ctrl-C
+        stop_on_sigterm()
 
     def go():
         if not args.runs and not args.sweep:
             raise UserError("name run folders to attack, or --sweep FOLDER (see --help)")
+        check_numbers(settings)  # before any run folder is read, as main_MIA.py does
+        check_device_name(settings["device"])
         for i, run_dir in enumerate(args.runs, 1):
             print(f"[{i}/{len(args.runs)}] GAN attack on {run_dir}", flush=True)
             attack_run(run_dir, settings)
         return _sweep(parser, args, settings) if args.sweep else 0
 
-    return main_guard(go)
+    return main_guard(go, stage="attack")
 
 
 def _sweep(parser, args, settings) -> int:

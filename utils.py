@@ -15,8 +15,11 @@ import os
 import pickle
 import random
 import re
+import signal
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -66,6 +69,43 @@ def reject_non_finite(token: str):
                         "non-finite number)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, the sweep), raised by the handler `stop_on_sigterm` installs: work stops as
+    on Ctrl-C, saved and resumable. Entry points exit 143 for it and 130 for Ctrl-C (128 + the signal),
+    as run_exp.sh does, so a caller can tell who stopped it."""
+
+
+def _terminate(signum, frame):
+    # Once only: a scheduler and a sweep may both send it, and a second one must not cut the saving short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def stop_on_sigterm() -> None:
+    """Entry points only: without this, SIGTERM kills the process with no clean-up and no message."""
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+@contextmanager
+def signals_deferred():
+    """SIGINT/SIGTERM that arrive inside the block take effect when it ends, so that files which must
+    change together do (an attack's results, then the resumable checkpoint they make obsolete)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+    caught: list = []
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -75,10 +115,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device_name(name) -> str:
+    """The --device value, lower-cased, if it is one this project knows; no torch needed, so it is
+    checked with the other flags before any work (and before a finished run is reported finished)."""
+    low = str(name or "auto").lower()
+    if not DEVICE_NAMES.fullmatch(low):
+        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
+    return low
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     import torch
 
-    name = (name or "auto").lower()
+    name = check_device_name(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -86,14 +138,17 @@ def resolve_device(name: str = "auto") -> torch.device:
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device auto or cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device auto or cpu")
+        count = torch.cuda.device_count()
+        if ":" in name and int(name[5:]) >= count:  # else torch fails later, at the first tensor moved
+            raise UserError(f"--device {name} was asked for but only {count} CUDA GPU(s) are visible "
+                            f"(cuda:0 to cuda:{count - 1}); pick one of them or use --device cuda")
     if name == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
             raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
     return torch.device(name)
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 from attacks.flags import ATTACKS, DEFAULTS, MODES, VIEWS, gan_epochs
 from lifecycle.flags import parse_list
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
-from utils import UserError, read_json, seed_everything, write_json
+from utils import UserError, read_json, seed_everything, signals_deferred, write_json
 
 # Flags that only change how a run is attacked (never what was trained); `--attack_only` and
 # run_gan_attack.py may override them.
@@ -88,10 +88,11 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                                          mode=mode, attack=name, view=view)
                     entry["saved_model"] = str(saved.relative_to(run_dir))
                 where.results[mode] = entry
-                _write_merged(run_dir, metrics)
-                ck = getattr(attack, "checkpoint_path", None)
-                if ck is not None:
-                    ck.unlink(missing_ok=True)
+                with signals_deferred():  # a checkpoint left beside its finished results would be stale
+                    _write_merged(run_dir, metrics)
+                    ck = getattr(attack, "checkpoint_path", None)
+                    if ck is not None:
+                        ck.unlink(missing_ok=True)
                 f, b = res.final, res.baseline_mean_image
                 log(f"  {name} {mode} ({view}): MSE {f['mse_mean']:.4f}  SSIM {f['ssim_mean']:.3f}  "
                     f"PSNR {f['psnr_mean']:.2f} dB (mean-image guess: MSE {b['mse_mean']:.4f} "
@@ -196,6 +197,8 @@ def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] =
     raised together. Returns {run_dir: 'attacked' | 'skipped'}; `run` replaces attack_run (for
     executors and tests)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise UserError(f"sweep folder '{folder}' is a file; pass the --folder that holds the run folders")
     if not folder.is_dir():
         raise UserError(f"sweep folder '{folder}' does not exist; pass the --folder used for the runs")
     runs = finished_runs(folder)

@@ -11,11 +11,12 @@ from typing import Callable, Optional
 
 import torch
 
+from lifecycle.flags import DEFAULT_DATA_ROOT, check_recorded
 from lifecycle.identity import attack_keys, default_filename, identity
 from lifecycle.results import todo
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
-from utils import OutOfSpace, RunFailed, UserError, disk_full, resolve_device, seed_everything, write_json
+from utils import OutOfSpace, RunFailed, Terminated, UserError, disk_full, resolve_device, seed_everything, write_json
 
 
 def _load_everything(cfg: dict, device):
@@ -80,6 +81,7 @@ def _train_and_attack(cfg: dict, run: Run, progress: bool, stop_after: Optional[
         if state == "resume" and not cfg.get("resume"):
             raise UserError(f"{run.dir} holds an unfinished run; pass --resume to continue it or --force to start over")
     resuming = state == "resume" and not cfg.get("force")
+    cfg["data_root"] = cfg.get("data_root") or DEFAULT_DATA_ROOT
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg["random_seed"]))
     bundle, model, defenses, notes = _load_everything(cfg, device)
@@ -116,13 +118,24 @@ class _recording:
         return self
 
     def __exit__(self, kind, err, tb):
-        if kind is KeyboardInterrupt:
-            self.metrics["status"] = "interrupted"
+        if kind is None:
+            return False
+        # Once training has finished, a stop only cuts an attack short: the run stays `finished`, so it
+        # can be attacked (run_gan_attack.py) and a rerun adds the attack results still missing.
+        stopped = "finished" if "train" in self.metrics else "interrupted"
+        if issubclass(kind, KeyboardInterrupt):
+            self.metrics["status"] = stopped
         elif kind is RunFailed:
             self.metrics.update(status="failed", error=str(err))
             self.run.log(f"failed: {err}")
         elif kind is OutOfSpace:
-            self.metrics.update(status="interrupted", error=str(err))
+            self.metrics["status"] = stopped
+            if stopped == "interrupted":  # after training it would outlive the results a rerun adds
+                self.metrics["error"] = str(err)
+        elif issubclass(kind, Exception) and "train" not in self.metrics:
+            # a bug: its traceback follows, but the status must not stay `training` for ever
+            first = str(err).splitlines()[0][:200] if str(err) else ""
+            self.metrics.update(status="failed", error=f"{kind.__name__}: {first}")
         else:
             return False
         try:
@@ -174,6 +187,8 @@ def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
     """Attacks a trained run from its checkpoint with the attack flags given now (training flags are
     taken from the run). Each attack's results are keyed by its own settings and the attacker's view
     (lifecycle/results.py): an attack's first settings own `attack.<attack>`, others go beside, never over."""
+    if run.dir.exists() and not run.dir.is_dir():
+        raise UserError(f"'{run.dir}' is a file, not a run folder; pass the --folder and --filename of a trained run")
     if not run.config_path.exists() or not run.best_ckpt.exists():
         raise UserError(f"--attack_only needs a trained run in {run.dir} (config.json and checkpoints/best.pt); "
                         "check --folder/--filename or train it first")
@@ -186,11 +201,12 @@ def attack_only(cfg: dict, run: Run, progress: bool) -> dict:
 
 def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     saved, metrics = run.config(), run.metrics()
+    check_recorded(saved, run.config_path)
     if "train" not in metrics:
         raise UserError(f"{run.dir} has not finished training; finish it with --resume first")
     merged = dict(saved)
     for k in attack_keys() | {"attack_modes", "device", "data_root", "capture"}:
-        if k in cfg:
+        if k in cfg and not (k == "data_root" and cfg[k] is None):  # no --data_root: the run's own
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
     force = bool(cfg.get("force"))
@@ -213,12 +229,27 @@ def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progr
             force: bool = False) -> dict:
     from lifecycle.attack_runner import run_attacks
 
-    return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
-                       force=force)
+    try:
+        return run_attacks(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
+                           force=force)
+    except KeyboardInterrupt as e:
+        e.stage = "attack"  # main_guard's message: the trained model is safe, only attack results are missing
+        raise
 
 
-def main_guard(fn: Callable[[], int]) -> int:
-    """User errors become one line on stderr and exit status 2; Ctrl-C keeps what was saved."""
+INTERRUPTED = {
+    "training": "interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "
+                "--checkpoint_seconds); rerun the same command with --resume to continue",
+    "attack": "interrupted: the attack was stopped; the trained model and the attack results already written "
+              "are kept (a GAN attack also its last checkpoint, every --checkpoint_every epochs); rerun the same "
+              "command to resume it and add the missing results",
+}
+
+
+def main_guard(fn: Callable[[], int], stage: str = "training") -> int:
+    """User errors become one line on stderr and exit status 2; Ctrl-C keeps what was saved and exits
+    130, SIGTERM (utils.stop_on_sigterm) 143. `stage` is what an interruption stopped, unless the
+    exception says otherwise (an attack after training)."""
     try:
         return fn() or 0
     except UserError as e:
@@ -232,7 +263,6 @@ def main_guard(fn: Callable[[], int]) -> int:
             raise
         print(f"error: {OutOfSpace.at(e.filename)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: training is saved up to its last checkpoint (every epoch; on CUDA every "
-              "--checkpoint_seconds); rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(INTERRUPTED[getattr(e, "stage", stage)], file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130

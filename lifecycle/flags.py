@@ -14,6 +14,15 @@ from defenses.flags import add_defence_flags
 from utils import UserError
 
 ATTACK_GROUP = "attack"  # the parser group whose flags form a run identity's attack part
+DEFAULT_DATA_ROOT = "./data"  # training's; an attack of a trained run uses the folder the run recorded
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A mistyped flag is one line, like every other bad input (DESIGN.md §11), not the whole usage
+    (over 30 lines here) with the error at its end; --help is unchanged."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def _none_or_float(s):
@@ -21,7 +30,7 @@ def _none_or_float(s):
 
 
 def build_parser(description: str = "Train one configuration, then attack it.") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="vgg11_bn_sgm",
                    help="split architecture: vgg11, vgg11_bn, vgg11_bn_sgm, vgg13, vgg13_bn, resnet20 "
@@ -35,7 +44,9 @@ def build_parser(description: str = "Train one configuration, then attack it.") 
     d.add_argument("--dataset", default="cifar10",
                    help="cifar10, cifar100, facescrub, tinyimagenet, digits, "
                         "npz:<file>[,<test file> or test fraction], imagefolder:<dir> (default: %(default)s)")
-    d.add_argument("--data_root", default="./data", help="folder holding the datasets (default: %(default)s)")
+    d.add_argument("--data_root", default=None,
+                   help=f"folder holding the datasets (default: {DEFAULT_DATA_ROOT}; with --attack_only, the "
+                        "folder the run was trained with)")
     d.add_argument("--select_on", default="val", choices=["val", "test"],
                    help="split that picks the best epoch: val = 10%% held out of train; test = the paper "
                         "code's choice (optimistic), including its tracker reset at epochs 40/100/200 of 240 "
@@ -103,3 +114,35 @@ def parse_list(spec, allowed, flag: str) -> list:
         raise UserError(f"bad {flag} '{spec}'; use a comma list of {', '.join(allowed)}")
     # In `allowed`'s order: the GAN generator starts from the decoder the decoder attack saves.
     return sorted(dict.fromkeys(items), key=allowed.index)
+
+
+def check_recorded(cfg: dict, path) -> None:
+    """Each setting a run's config.json records has the type its flag parses to, so a file edited by
+    hand (or by another version) is one line naming the file and key, not a traceback deep in model
+    building. Keys that are not flags (device, torch, feature_shape ...) are left to their readers."""
+    for action in build_parser()._actions:
+        if action.dest not in cfg or action.dest == "help":
+            continue
+        value = cfg[action.dest]
+        if value is None and action.default is None:
+            continue
+        want = bool if action.nargs == 0 else action.type or str  # nargs 0: store_true / store_false
+        if want in (bool, str):
+            ok = isinstance(value, want)
+        else:  # a number, reparsed as the command line would: 4.5 for an int flag fails here
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _parses(action.type, value)
+        if ok and action.choices is not None:
+            ok = value in action.choices
+        if not ok:
+            allowed = (f"one of {', '.join(map(str, action.choices))}" if action.choices
+                       else {bool: "true or false", str: "a string", int: "an integer"}.get(want, "a number"))
+            raise UserError(f"{path}: {action.dest} is {value!r}, which is not {allowed}; the file was edited or "
+                            "comes from another version: restore it, or retrain the run")
+
+
+def _parses(convert, value) -> bool:
+    try:
+        convert(str(value))
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from lifecycle.flags import check_recorded
 from utils import UserError, load_checkpoint, read_json, resolve_device
 
 # Keys every config.json of this project has; a folder without them belongs to something else.
@@ -36,6 +37,9 @@ class TrainedRun:
 def read_run_config(run_dir) -> tuple[dict, dict]:
     """(config.json, metrics.json) of a run folder, checked to be a trained run of this project."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"'{run_dir}' is a file, not a run folder; pass the folder main_MIA.py wrote "
+                        "(the one holding config.json)")
     if not run_dir.is_dir():
         raise UserError(f"run folder '{run_dir}' does not exist; pass a folder written by main_MIA.py")
     cfg_path = run_dir / "config.json"
@@ -50,6 +54,7 @@ def read_run_config(run_dir) -> tuple[dict, dict]:
     if missing:
         raise UserError(f"{cfg_path} lacks {', '.join(missing)}: not a run folder of this project; "
                         "pass a folder written by main_MIA.py")
+    check_recorded(cfg, cfg_path)
     metrics = {}
     if (run_dir / "metrics.json").exists():
         try:

@@ -10,7 +10,7 @@ import math
 
 from attacks.flags import ATTACKS, MODES, VIEWS
 from lifecycle.flags import parse_list
-from utils import UserError
+from utils import UserError, check_device_name
 
 # flag -> (lowest allowed value, whether the lowest value itself is allowed). Any float flag must be
 # finite whether it is listed or not; add a new numeric flag here to give it a range.
@@ -20,10 +20,16 @@ RANGES = {
     "num_epochs": (1, True), "batch_size": (2, True), "attack_epochs": (1, True),
     "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True), "num_classes": (2, True),
     "gan_pretrain_epochs": (0, True), "gan_epochs": (1, True), "n_critic": (1, True), "mse_weight": (0, True),
-    "lr_D": (0, False), "lr_G": (0, False), "gan_batch_size": (1, True), "checkpoint_every": (1, True),
+    "lr_D": (0, False), "lr_G": (0, False), "checkpoint_every": (1, True),
+    # 2: the generator is a decoder with BatchNorm, which cannot train on one image, and the attack
+    # drops a last batch of one, so a batch size of 1 would train on one image per epoch.
+    "gan_batch_size": (2, True),
     "checkpoint_seconds": (0, True),
     "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
 }
+# flag -> highest allowed value. Seeds go to torch's 64-bit generators with small offsets added
+# (refresh count, defence streams), so they stop at 2**63 - 1, far from the 2**64 torch refuses.
+MAXIMA = {"random_seed": 2**63 - 1}
 
 
 def parse_modes(spec) -> list:
@@ -42,12 +48,17 @@ def check_numbers(cfg: dict) -> None:
             raise UserError(f"--{key} must be a number (got {value!r})")
         if value < low or (value == low and not inclusive):
             raise UserError(f"--{key} must be {'>=' if inclusive else '>'} {low} (got {value})")
+    for key, high in MAXIMA.items():
+        value = cfg.get(key)
+        if isinstance(value, (int, float)) and value > high:
+            raise UserError(f"--{key} must be <= {high} (got {value})")
 
 
 def validate(cfg: dict) -> None:
     from model_training import milestones
 
     check_numbers(cfg)
+    check_device_name(cfg.get("device", "auto"))
     milestones(int(cfg["num_epochs"]), cfg.get("milestones", "paper"))
     if int(cfg["log_entropy"]) not in (0, 1):
         raise UserError("--log_entropy is 1 (log-variance surrogate, the paper's) or 0 (plain variance)")

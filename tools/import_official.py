@@ -180,8 +180,10 @@ def import_official(args, progress: bool = True) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.import_official", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from lifecycle.flags import OneLineParser
+
+    p = OneLineParser(prog="python -m tools.import_official", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt_dir", help="folder holding checkpoint_{f,cloud,classifier}_<epoch>.tar")
     p.add_argument("--dataset", required=True, help="cifar10, cifar100, facescrub, tinyimagenet, ...")
     p.add_argument("--data_root", default="./data", help="folder holding the dataset (default: %(default)s)")
