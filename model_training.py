@@ -16,12 +16,20 @@ from accel.capture import StepCapture, capture_enabled, params_signature
 from accel.eval_fold import EvalFolder
 from architectures import architecture_record, load_split_state
 from datasets import BatchLoader
-from utils import RunFailed, UserError, append_csv_row, load_checkpoint, torch_save_atomic, truncate_csv
+from utils import (  # noqa: F401 (the schedule, long imported from here)
+    RunFailed,
+    UserError,
+    append_csv_row,
+    best_resets,
+    load_checkpoint,
+    milestones,
+    scheduled_lr,
+    torch_save_atomic,
+    truncate_csv,
+)
 
 LOG_FIELDS = ["epoch", "lr", "lambda_eff", "train_loss", "train_acc", "cem_loss", "val_acc", "cem_mean_var",
               "cem_logdet", "epoch_time_s"]
-PAPER_MILESTONES = (60, 120, 180, 210)  # of 240 epochs
-PAPER_BEST_RESETS = (40, 100, 200)  # of 240: the paper code's best-accuracy tracker restarts after these
 
 
 @dataclass
@@ -54,33 +62,6 @@ def no_grad_batch_size(device, image_size: int) -> int:
     if torch.device(device).type != "cuda":
         return 512
     return max(512, 2048 * 32 * 32 // (int(image_size) ** 2))
-
-
-def milestones(num_epochs: int, spec: str = "paper"):
-    """Epochs (counted from 1) that already run at the lr reduced x0.2, as the paper code's MultiStepLR
-    stepped with 1-based epochs: 'paper' (60/120/180/210 of 240, scaled to the run's length), 'none'
-    (constant lr, for short demo runs), or a comma list of epochs."""
-    spec = str(spec).strip().lower()
-    if spec == "paper":
-        # never before epoch 2: the first epoch of any run trains at the base lr
-        return sorted({max(2, int(round(m * num_epochs / 240))) for m in PAPER_MILESTONES})
-    if spec == "none":
-        return []
-    try:
-        return sorted({int(m) for m in spec.split(",") if m.strip()})
-    except ValueError:
-        raise UserError(f"bad --milestones '{spec}'; use paper, none, or a comma list of epochs like 60,120") from None
-
-
-def best_resets(num_epochs: int):
-    """1-based epochs after which the paper code forgets its best accuracy (40/100/200 of 240, scaled),
-    so its "best" is the best of the last 40 epochs; only points that leave epochs after them count."""
-    return sorted({e for e in (int(round(r * num_epochs / 240)) for r in PAPER_BEST_RESETS) if 1 <= e < num_epochs})
-
-
-def scheduled_lr(base: float, epoch: int, num_epochs: int, spec: str = "paper") -> float:
-    """lr of the epoch with 0-based index `epoch` (its 1-based number is epoch + 1)."""
-    return base * 0.2 ** sum(epoch + 1 >= m for m in milestones(num_epochs, spec))
 
 
 class Trainer:
@@ -119,6 +100,7 @@ class Trainer:
         milestones(settings.num_epochs, settings.milestones)  # a bad spec fails before any work
         self.epoch = 0  # epochs completed
         self.best = {"acc": -1.0, "epoch": 0}
+        self.outputs_finite = True  # set by every evaluate(): the divergence check reads the last one
         self.elapsed = 0.0
         captured = capture_enabled(settings.capture, device) and defenses.capturable
         if captured:

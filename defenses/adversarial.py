@@ -27,7 +27,7 @@ from architectures.decoders import build_decoder, state_mismatch
 from attacks.metrics import ssim_paper
 from defenses.base import Defense
 from defenses.registry import register_at
-from utils import UserError
+from utils import UserError, paper_epochs
 
 PAPER_DECODER_MILESTONES = (60, 150, 240)  # of 240 epochs: D's lr x0.2 from these (1-based) epochs on
 DECODER_LR_DECAY = 0.2
@@ -40,7 +40,7 @@ def decoder_milestones(num_epochs: int, spec: str = "paper") -> list:
     schedule (never before epoch 2); none when the main lr is constant (`--milestones none`)."""
     if str(spec).strip().lower() == "none":
         return []
-    return sorted({max(2, int(round(m * num_epochs / 240))) for m in PAPER_DECODER_MILESTONES})
+    return paper_epochs(PAPER_DECODER_MILESTONES, num_epochs)
 
 
 class AdversarialTraining(Defense):

@@ -55,7 +55,7 @@ def check_numbers(cfg: dict) -> None:
 
 
 def validate(cfg: dict) -> None:
-    from model_training import milestones
+    from utils import milestones
 
     check_numbers(cfg)
     check_device_name(cfg.get("device", "auto"))

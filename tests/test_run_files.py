@@ -38,17 +38,15 @@ def test_the_planner_names_a_metrics_file_holding_nan(tmp_path):
 
 
 def test_readers_of_run_files_are_strict(tmp_path):
-    from errors import UserError
-    from run_folder import Run
-    from trained_run import read_run_config
-
-    from utils import read_json
+    from lifecycle.run_folder import Run
+    from lifecycle.trained_run import read_run_config
+    from utils import UserError, read_json
 
     _, run = nan_run(tmp_path)
     with pytest.raises(UserError, match="metrics.json .* bare NaN"):
         Run(tmp_path, "r").metrics()
     assert Run(tmp_path, "r").config()["lambd"] == 0  # the strict config.json beside it reads as before
-    with pytest.raises(ValueError, match="bare NaN"):  # errors.NotStrictJSON
+    with pytest.raises(ValueError, match="bare NaN"):  # utils.NotStrictJSON
         read_json(run / "metrics.json")
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "best.pt").write_bytes(b"")
@@ -57,7 +55,7 @@ def test_readers_of_run_files_are_strict(tmp_path):
 
 
 def test_the_gan_sweep_names_a_run_it_cannot_read(tmp_path, capsys):
-    from attack_runner import finished_runs
+    from lifecycle.attack_runner import finished_runs
 
     _, run = nan_run(tmp_path)
     assert finished_runs(tmp_path) == []
