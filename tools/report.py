@@ -123,7 +123,9 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
         out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {attack} attack"
                    f"{_attack_desc(runs, attack, mode)}, {mode} mode, {which_text}, means over the "
                    f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
-                   f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run.\n")
+                   f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run. "
+                   "SSIM is the paper code's (zero-padded window); results.csv's ssim_lib (pytorch-msssim, valid "
+                   "window) runs 0.13-0.23 lower on 32-px reconstructions, so compare ssim with ssim only.\n")
     return "\n".join(out)
 
 
