@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from fake_runs import make_run
+from test_run_safety import REPO, TINY, one_error_line, run_main  # the same tiny run and checks
 
 import main_MIA
 import model_training
@@ -20,25 +21,8 @@ from attacks.gan import GANAttack
 from lifecycle import attack_runner
 from lifecycle.validation import check_numbers
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--num_epochs", "1", "--limit_train", "96", "--limit_test", "32", "--no_attack", "--device", "cpu",
-        "--batch_size", "32", "--no_progress", "--lambd", "0"]
 GAN = ["--gan_AE_type", "res_normN0C8", "--gan_batch_size", "16", "--attack_modes", "train_time", "--device", "cpu",
        "--no_progress"]
-
-
-def run_main(capsys, tmp_path, *args):
-    argv = ["--dataset", "digits", "--data_root", str(tmp_path / "data"), "--folder", str(tmp_path / "runs"),
-            "--filename", "r", *TINY, *args]
-    code = main_MIA.main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def one_error_line(err: str) -> str:
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def metrics_of(run: Path) -> dict:
