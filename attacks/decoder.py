@@ -16,9 +16,9 @@ import torch.nn as nn
 from accel.capture import StepCapture, capture_enabled
 from architectures.decoders import build_decoder, state_mismatch
 from attacks.base import Context, TrainedAttack
+from attacks.flags import MODES
 from utils import UserError, load_checkpoint, torch_save_atomic
 
-ATTACK_MODES = ("train_time", "infer_time")
 HELDOUT_FRACTION = 0.1
 EVAL_FRACTION = 0.1  # infer_time: share of each test class kept for scoring
 
@@ -62,8 +62,8 @@ def attacker_splits(bundle, mode: str, seed: int):
       gives at least one eval image. Eval images are ordered round-robin over classes so the first
       few (the picture grid) span the classes.
     """
-    if mode not in ATTACK_MODES:
-        raise UserError(f"unknown attack mode '{mode}'; choose one of {', '.join(ATTACK_MODES)}")
+    if mode not in MODES:
+        raise UserError(f"unknown attack mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode == "train_time":
         fit, heldout = _holdout(bundle.train, seed)
         return fit, heldout, _take(bundle.test, _round_robin(bundle.test.y.cpu()))
