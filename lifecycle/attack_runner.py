@@ -11,20 +11,20 @@ resumable GAN checkpoints `attacks/gan_<mode><tag>.ckpt.pt` (removed once the at
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 from attacks.flags import ATTACKS, DEFAULTS, MODES, VIEWS, gan_epochs
 from lifecycle.flags import parse_list
+from lifecycle.identity import attack_keys
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
 from utils import UserError, read_json, seed_everything, signals_deferred, write_json
 
-# Flags that only change how a run is attacked (never what was trained); `--attack_only` and
-# run_gan_attack.py may override them.
-ATTACK_KEYS = ("attacks", "attack_modes", "attack_view", "attack_epochs", "gan_AE_type", "gan_epochs", "n_critic",
-               "mse_weight", "lr_D", "lr_G", "gan_batch_size", "checkpoint_every", "tv_weight", "rmle_steps",
-               "rmle_lr", "rmle_max_images")
+
+def attack_flags() -> frozenset:
+    """Flags that only change how a run is attacked (never what was trained), so `--attack_only` and
+    run_gan_attack.py may override them: the parser's attack group, less its two switches."""
+    return attack_keys() - {"no_attack", "attack_only"}
 
 
 def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = "",
@@ -115,14 +115,6 @@ def _write_merged(run_dir: Path, metrics: dict) -> None:
     write_json(path, metrics)
 
 
-def _file_logger(run_dir: Path):
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        with open(run_dir / "log.txt", "a") as f:
-            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
-    return log
-
-
 def attack_run(run_dir, settings: dict) -> dict:
     """Attack one trained run folder with `settings` (attack flags plus data_root / device / progress,
     and `force` to redo results that exist).
@@ -136,7 +128,7 @@ def attack_run(run_dir, settings: dict) -> dict:
     from lifecycle.trained_run import load_trained_run, read_run_config
 
     run_dir = Path(run_dir)
-    overrides = {k: settings.get(k) for k in (*ATTACK_KEYS, "data_root", "device")}
+    overrides = {k: settings.get(k) for k in (*attack_flags(), "data_root", "device")}
     saved, _ = read_run_config(run_dir)
     run = Run(run_dir.parent, run_dir.name)
     run.open()
@@ -152,11 +144,10 @@ def attack_run(run_dir, settings: dict) -> dict:
             return metrics
         tr = load_trained_run(run_dir, overrides)
         seed_everything(int(tr.cfg["random_seed"]))
-        log = _file_logger(run_dir)
         for n in tr.notes:
-            log(f"note: {n}")
+            run.log(f"note: {n}")
         return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, metrics,
-                           progress=bool(settings.get("progress", True)), log=log, force=force)
+                           progress=bool(settings.get("progress", True)), log=run.log, force=force)
     finally:
         run.close()
 
@@ -185,7 +176,7 @@ def already_attacked(run_dir: Path, settings: dict) -> bool:
     except (OSError, ValueError):
         saved = {}  # attack_run will say what is wrong with the folder
     merged = {**(saved if isinstance(saved, dict) else {}),
-              **{k: settings[k] for k in ATTACK_KEYS if settings.get(k) is not None}}
+              **{k: settings[k] for k in attack_flags() if settings.get(k) is not None}}
     for flag, allowed in (("attacks", ATTACKS), ("attack_modes", MODES), ("attack_view", VIEWS)):
         parse_list(merged.get(flag) or DEFAULTS[flag], allowed, f"--{flag}")
     return isinstance(m, dict) and not missing(m, merged)
