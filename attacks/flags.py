@@ -17,10 +17,6 @@ VIEWS = ("sent", "noise_only")
 # without retraining. Folders written before these numbers existed read as 1. Decoder and GAN 2:
 # res_normN{N}C{C} became the published decoder (and generator) and DGWGAN32 the published critic.
 RESULTS_VERSION = {"decoder": 2, "gan": 2, "rmle": 1}
-DEFAULTS = {"attacks": "decoder", "attack_modes": "train_time,infer_time", "attack_view": "sent", "attack_epochs": 50,
-            "gan_AE_type": "res_normN8C64", "gan_epochs": None, "n_critic": 10, "mse_weight": 1500.0,
-            "lr_D": 5e-3, "lr_G": 5e-4, "gan_batch_size": 128, "checkpoint_every": 5, "tv_weight": 0.05,
-            "rmle_steps": 500, "rmle_lr": 0.05, "rmle_max_images": None}
 
 
 def add_decoder_flags(group) -> None:
@@ -56,6 +52,17 @@ def add_rmle_flags(group) -> None:
                             "with every image (default: all)")
 
 
+def add_selection_flags(group) -> None:
+    """Which results a run computes: modes, attacker views and attacks."""
+    group.add_argument("--attack_modes", default="train_time,infer_time",
+                       help="comma list: train_time (attacker has the training images), infer_time (attacker has "
+                            "90%% of the test set, scored on the rest) (default: %(default)s)")
+    add_view_flag(group)
+    group.add_argument("--attacks", default="decoder",
+                       help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from "
+                            "the decoder), rmle (white-box optimisation) (default: %(default)s)")
+
+
 def add_view_flag(group) -> None:
     group.add_argument("--attack_view", default="sent",
                        help="comma list of what the attacker's queries go through: sent (what the device sends: "
@@ -64,10 +71,20 @@ def add_view_flag(group) -> None:
                             "(default: %(default)s)")
 
 
-def _dests(add) -> tuple:
+def _actions(add) -> list:
     parser = argparse.ArgumentParser(add_help=False)
     add(parser)
-    return tuple(a.dest for a in parser._actions)  # no public accessor; stable since Python 2.7
+    return parser._actions  # no public accessor; stable since Python 2.7
+
+
+def _dests(add) -> tuple:
+    return tuple(a.dest for a in _actions(add))
+
+
+# Every attack flag's default, read from the declarations above (configs written before a flag existed
+# lack it; their attacks run with its default).
+DEFAULTS = {a.dest: a.default for add in (add_decoder_flags, add_selection_flags, add_gan_flags, add_rmle_flags)
+            for a in _actions(add)}
 
 
 def settings_flags() -> dict:

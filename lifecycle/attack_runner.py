@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from attacks.flags import ATTACKS, DEFAULTS, MODES, VIEWS, gan_epochs
-from lifecycle.flags import parse_list
+from attacks.flags import DEFAULTS, gan_epochs
+from lifecycle.flags import attack_lists
 from lifecycle.identity import attack_keys
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
 from utils import UserError, read_json, seed_everything, signals_deferred, write_json
@@ -60,9 +60,7 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
     from attacks.grid import save_grid
 
     run_dir = Path(run_dir)
-    attacks = parse_list(cfg.get("attacks") or DEFAULTS["attacks"], ATTACKS, "--attacks")
-    modes = parse_list(cfg.get("attack_modes") or DEFAULTS["attack_modes"], MODES, "--attack_modes")
-    views = parse_list(cfg.get("attack_view") or DEFAULTS["attack_view"], VIEWS, "--attack_view")
+    attacks, modes, views = attack_lists(cfg)
     wanted = set(todo(metrics, cfg, force))
     for mode in modes:
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
@@ -177,8 +175,7 @@ def already_attacked(run_dir: Path, settings: dict) -> bool:
         saved = {}  # attack_run will say what is wrong with the folder
     merged = {**(saved if isinstance(saved, dict) else {}),
               **{k: settings[k] for k in attack_flags() if settings.get(k) is not None}}
-    for flag, allowed in (("attacks", ATTACKS), ("attack_modes", MODES), ("attack_view", VIEWS)):
-        parse_list(merged.get(flag) or DEFAULTS[flag], allowed, f"--{flag}")
+    attack_lists(merged)
     return isinstance(m, dict) and not missing(m, merged)
 
 

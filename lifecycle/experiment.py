@@ -205,7 +205,8 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     if "train" not in metrics:
         raise UserError(f"{run.dir} has not finished training; finish it with --resume first")
     merged = dict(saved)
-    for k in attack_keys() | {"attack_modes", "device", "data_root", "capture"}:
+    given_now = attack_keys() | {"device", "data_root", "capture"}  # the rest comes from the run
+    for k in given_now:
         if k in cfg and not (k == "data_root" and cfg[k] is None):  # no --data_root: the run's own
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
@@ -219,8 +220,7 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     from lifecycle.trained_run import load_trained_run
 
     seed_everything(int(merged["random_seed"]))
-    tr = load_trained_run(run.dir, {k: merged.get(k) for k in attack_keys() | {"attack_modes", "device", "data_root",
-                                                                                "capture"}})
+    tr = load_trained_run(run.dir, {k: merged.get(k) for k in given_now})
     check_attack_data(tr.cfg, tr.bundle)
     return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress, force)
 

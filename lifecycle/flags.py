@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import argparse
 
-from attacks.flags import add_decoder_flags, add_gan_flags, add_rmle_flags, add_view_flag
+from attacks.flags import (
+    ATTACKS,
+    DEFAULTS,
+    MODES,
+    VIEWS,
+    add_decoder_flags,
+    add_gan_flags,
+    add_rmle_flags,
+    add_selection_flags,
+)
 from defenses.flags import add_defence_flags
 from utils import UserError
 
@@ -84,13 +93,7 @@ def build_parser(description: str = "Train one configuration, then attack it.") 
     add_defence_flags(p.add_argument_group("defence"))
     a = p.add_argument_group(ATTACK_GROUP)
     add_decoder_flags(a)
-    a.add_argument("--attack_modes", default="train_time,infer_time",
-                   help="comma list: train_time (attacker has the training images), infer_time (attacker has "
-                        "90%% of the test set, scored on the rest) (default: %(default)s)")
-    add_view_flag(a)
-    a.add_argument("--attacks", default="decoder",
-                   help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from the "
-                        "decoder), rmle (white-box optimisation) (default: %(default)s)")
+    add_selection_flags(a)
     add_gan_flags(a)
     add_rmle_flags(a)
     a.add_argument("--no_attack", action="store_true", help="train only")
@@ -114,6 +117,13 @@ def parse_list(spec, allowed, flag: str) -> list:
         raise UserError(f"bad {flag} '{spec}'; use a comma list of {', '.join(allowed)}")
     # In `allowed`'s order: the GAN generator starts from the decoder the decoder attack saves.
     return sorted(dict.fromkeys(items), key=allowed.index)
+
+
+
+def attack_lists(cfg: dict) -> tuple:
+    """(attacks, modes, views) that `cfg` asks for, checked; a flag unset or empty: its default."""
+    return tuple(parse_list(cfg.get(flag) or DEFAULTS[flag], allowed, f"--{flag}")
+                 for flag, allowed in (("attacks", ATTACKS), ("attack_modes", MODES), ("attack_view", VIEWS)))
 
 
 def check_recorded(cfg: dict, path) -> None:

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import math
 
-from attacks.flags import ATTACKS, MODES, VIEWS
-from lifecycle.flags import parse_list
+from attacks.flags import MODES
+from lifecycle.flags import attack_lists, parse_list
 from utils import UserError, check_device_name
 
-# flag -> (lowest allowed value, whether the lowest value itself is allowed). Any float flag must be
-# finite whether it is listed or not; add a new numeric flag here to give it a range.
+# flag -> (lowest allowed value, whether the lowest value itself is allowed[, highest allowed value]).
+# Any float flag must be finite whether it is listed or not; add a new numeric flag here to give it a
+# range. Seeds go to torch's 64-bit generators with small offsets added (refresh count, defence
+# streams), so they stop at 2**63 - 1, far from the 2**64 torch refuses.
 RANGES = {
     "learning_rate": (0, False), "local_lr": (0, False), "regularization_strength": (0, True),
     "lambd": (0, True), "var_threshold": (0, False), "AT_regularization_strength": (0, True),
     "num_epochs": (1, True), "batch_size": (2, True), "attack_epochs": (1, True),
-    "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True), "num_classes": (2, True),
+    "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True, 2**63 - 1),
+    "num_classes": (2, True),
     "gan_pretrain_epochs": (0, True), "gan_epochs": (1, True), "n_critic": (1, True), "mse_weight": (0, True),
     "lr_D": (0, False), "lr_G": (0, False), "checkpoint_every": (1, True),
     # 2: the generator is a decoder with BatchNorm, which cannot train on one image, and the attack
@@ -27,9 +30,6 @@ RANGES = {
     "checkpoint_seconds": (0, True),
     "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
 }
-# flag -> highest allowed value. Seeds go to torch's 64-bit generators with small offsets added
-# (refresh count, defence streams), so they stop at 2**63 - 1, far from the 2**64 torch refuses.
-MAXIMA = {"random_seed": 2**63 - 1}
 
 
 def parse_modes(spec) -> list:
@@ -40,7 +40,7 @@ def check_numbers(cfg: dict) -> None:
     for key, value in cfg.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"--{key} must be a finite number (got {value})")
-    for key, (low, inclusive) in RANGES.items():
+    for key, (low, inclusive, *high) in RANGES.items():
         value = cfg.get(key)
         if value is None or isinstance(value, bool):
             continue
@@ -48,10 +48,8 @@ def check_numbers(cfg: dict) -> None:
             raise UserError(f"--{key} must be a number (got {value!r})")
         if value < low or (value == low and not inclusive):
             raise UserError(f"--{key} must be {'>=' if inclusive else '>'} {low} (got {value})")
-    for key, high in MAXIMA.items():
-        value = cfg.get(key)
-        if isinstance(value, (int, float)) and value > high:
-            raise UserError(f"--{key} must be <= {high} (got {value})")
+        if high and value > high[0]:
+            raise UserError(f"--{key} must be <= {high[0]} (got {value})")
 
 
 def validate(cfg: dict) -> None:
@@ -64,9 +62,8 @@ def validate(cfg: dict) -> None:
         raise UserError("--log_entropy is 1 (log-variance surrogate, the paper's) or 0 (plain variance)")
     if cfg.get("select_on") not in ("val", "test"):
         raise UserError("--select_on must be 'val' (held-out 10% of train) or 'test' (the paper code)")
-    parse_modes(cfg["attack_modes"])
-    parse_list(cfg.get("attacks") or "decoder", ATTACKS, "--attacks")
-    parse_list(cfg.get("attack_view") or "sent", VIEWS, "--attack_view")
+    parse_modes(cfg["attack_modes"])  # given empty: refused, not replaced by the default
+    attack_lists(cfg)
     if str(cfg.get("capture", "auto")) not in ("auto", "on", "off"):
         raise UserError(f"bad --capture '{cfg.get('capture')}'; choose auto, on or off")
     from defenses.at_options import at_options
