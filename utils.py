@@ -354,6 +354,12 @@ def best_resets(num_epochs: int):
     return sorted({e for e in (int(round(r * num_epochs / 240)) for r in PAPER_BEST_RESETS) if 1 <= e < num_epochs})
 
 
+def step_decay(base: float, epoch: int, points: Sequence[int], factor: float = 0.2) -> float:
+    """lr of the epoch with 0-based index `epoch` (its 1-based number is epoch + 1) when it drops
+    x`factor` from each 1-based epoch of `points` on, as MultiStepLR stepped with 1-based epochs."""
+    return base * factor ** sum(epoch + 1 >= m for m in points)
+
+
 def scheduled_lr(base: float, epoch: int, num_epochs: int, spec: str = "paper") -> float:
-    """lr of the epoch with 0-based index `epoch` (its 1-based number is epoch + 1)."""
-    return base * 0.2 ** sum(epoch + 1 >= m for m in milestones(num_epochs, spec))
+    """lr of the epoch with 0-based index `epoch` under --milestones `spec`."""
+    return step_decay(base, epoch, milestones(num_epochs, spec))

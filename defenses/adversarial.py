@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from architectures.decoders import build_decoder, state_mismatch
 from attacks.metrics import ssim_paper
 from defenses.base import Defense
+from defenses.noise import GaussianNoise
 from defenses.registry import register_at
-from utils import UserError, paper_epochs
+from utils import UserError, paper_epochs, step_decay
 
 PAPER_DECODER_MILESTONES = (60, 150, 240)  # of 240 epochs: D's lr x0.2 from these (1-based) epochs on
 DECODER_LR_DECAY = 0.2
@@ -59,7 +60,7 @@ class AdversarialTraining(Defense):
         self.strength, self.steps = float(strength), int(steps)
         self.pretrain_epochs, self.loss_type = int(pretrain_epochs), loss_type
         self.ssim_threshold, self.seed = float(ssim_threshold), int(seed)
-        self.sigma, self.pretrain_data = float(sigma), pretrain_data
+        self.noise, self.pretrain_data = GaussianNoise(sigma), pretrain_data
         self.lr, self.milestones = float(lr), sorted(int(m) for m in milestones)
         channels = len(mean) if channels is None else channels
         self.decoder = build_decoder(decoder, feature_shape, image_size, out_channels=channels)
@@ -101,7 +102,7 @@ class AdversarialTraining(Defense):
 
     def lr_at(self, epoch: int) -> float:
         """D's lr in the epoch with 0-based index `epoch`."""
-        return self.lr * DECODER_LR_DECAY ** sum(epoch + 1 >= m for m in self.milestones)
+        return step_decay(self.lr, epoch, self.milestones, DECODER_LR_DECAY)
 
     @torch.no_grad()
     def eval_features(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -151,9 +152,6 @@ class AdversarialTraining(Defense):
                              shuffle=True, seed=self.seed + 7919, drop_last=len(split) > PRETRAIN_BATCH)
         # Its own optimizer and schedule, as published: the per-batch optimizer starts afresh after.
         opt = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
-        encoder = trainer.model.encoder
-        was_training = encoder.training
-        encoder.eval()
         ssim = None
         bar = tqdm(range(self.pretrain_epochs), desc="gan_adv: pre-training the defender decoder",
                    disable=not trainer.progress, leave=False, unit="epoch")
@@ -163,15 +161,12 @@ class AdversarialTraining(Defense):
             loader.set_epoch(epoch)
             total, n = torch.zeros((), device=trainer.device), 0
             for x, _ in loader:
-                with torch.no_grad():
-                    z = encoder(x).float()
-                    z = z + self.sigma * torch.randn_like(z) if self.sigma > 0 else z
+                z = self.noise.obfuscate(self.eval_features(x, None), training=True)
                 total += self.decoder_step(z, self.images(x), opt=opt, loss_type="MSE")
                 n += 1
             ssim = (total / max(n, 1)).item()
             bar.set_postfix(ssim=f"{ssim:.3f}")
         bar.close()
-        encoder.train(was_training)
         self.pretrained = True
         return {} if ssim is None else {"adv_pretrain_ssim": ssim}
 
@@ -223,7 +218,6 @@ def _build(opts, ctx):
         decoder=str(c.get("adv_AE_type") or "res_normN4C64"),
         pretrain_epochs=int(c.get("gan_pretrain_epochs", 30)), loss_type=str(c.get("gan_loss_type") or "SSIM"),
         ssim_threshold=float(c.get("ssim_threshold", 0.5)), seed=int(c.get("random_seed", 0)),
-        sigma=float(c.get("regularization_strength") or 0.0)
-        if str(c.get("regularization") or "None").lower().startswith("gaussian") else 0.0,
+        sigma=ctx.sigma,
         milestones=decoder_milestones(int(c.get("num_epochs", 240)), str(c.get("milestones", "paper"))),
         pretrain_data=str(c.get("gan_pretrain_data") or "train"))

@@ -134,17 +134,12 @@ class DefenseStack(Defense):
         (the Gaussian noise) alone.
         """
         if view == "sent":
-            chain = self.defenses
+            stack = self
         elif view == "noise_only":
-            chain = [d for d in self.defenses if d.in_noise_only_view]
+            stack = DefenseStack([d for d in self.defenses if d.in_noise_only_view])
         else:
             raise ValueError(f"unknown attacker view {view!r}; use sent or noise_only")
-
-        def obfuscate(z: torch.Tensor) -> torch.Tensor:
-            for d in chain:
-                z = d.obfuscate(z, training=False)
-            return z
-        return obfuscate
+        return lambda z: stack.obfuscate(z, training=False)
 
     def find(self, name: str) -> Optional[Defense]:
         return next((d for d in self.defenses if d.name == name), None)

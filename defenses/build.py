@@ -53,7 +53,7 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> Defe
     else:
         raise UserError(f"unknown --regularization '{reg}'; choose Gaussian_kl (noise + optional CEM) or None")
 
-    ctx = BuildContext(cfg=cfg, num_classes=num_classes, n_train=n_train, **context)
+    ctx = BuildContext(cfg=cfg, num_classes=num_classes, n_train=n_train, sigma=sigma, **context)
     for name in at.enabled():
         stack.append(AT_BUILDERS[name](at, ctx))
 

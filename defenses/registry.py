@@ -20,6 +20,7 @@ class BuildContext:
     image_size: Optional[int] = None
     mean: Optional[Sequence[float]] = None          # input normalisation, to get [0,1] images back
     std: Optional[Sequence[float]] = None
+    sigma: float = 0.0                              # the run's Gaussian noise std (0: no noise)
 
 
 AT_BUILDERS: dict[str, Callable] = {}
