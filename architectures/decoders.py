@@ -144,14 +144,14 @@ class Decoder(nn.Module):
                  image_size: int, out_channels: int = 3):
         super().__init__()
         c_in, h_z, w_z = (int(v) for v in feature_shape)
-        self.name = f"res_normN{n_blocks}C{width}_v0" if kind == "res" else f"conv_normN{n_blocks}C{width}"
+        self.name = f"res_normN{n_blocks}C{width}_v0" if kind == "res_v0" else f"conv_normN{n_blocks}C{width}"
         self.feature_shape = (c_in, h_z, w_z)
         self.image_size, self.out_channels = int(image_size), int(out_channels)
 
         layers: list[nn.Module] = [
             nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
         ]
-        block = PreActResBlock if kind == "res" else _conv_block
+        block = PreActResBlock if kind == "res_v0" else _conv_block
         layers += [block(width) for _ in range(n_blocks)]
         self.n_up = _upsample_steps(max(h_z, w_z), self.image_size)
         for _ in range(self.n_up):
@@ -196,7 +196,7 @@ def build_decoder(name: str, feature_shape: Sequence[int], image_size: int, out_
         raise UserError(f"decoder image_size must be positive, got {image_size}")
     if kind == "res":
         return ResNormDecoder(n, c, shape, int(image_size), out_channels)
-    return Decoder(kind.replace("_v0", ""), n, c, shape, int(image_size), out_channels)
+    return Decoder(kind, n, c, shape, int(image_size), out_channels)
 
 
 def state_mismatch(module: nn.Module, state: dict) -> Optional[str]:

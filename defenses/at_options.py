@@ -125,31 +125,30 @@ def parse_at_options(text, strength=0.0, version: int = AT_VERSION) -> ATOptions
 
     found: dict = {}
     for name, m in _tokens(text):
-        key = name
-        if key in found:  # local_dp_gaussian and local_dp_laplace are both local_dp
-            raise UserError(f"--AT_regularization '{text}' names {key} twice; give each option once")
+        if name in found:  # local_dp_gaussian and local_dp_laplace are both local_dp
+            raise UserError(f"--AT_regularization '{text}' names {name} twice; give each option once")
         if name == "gan_adv":
             steps = int(m.group(1)) if m.group(1) is not None else (1 if legacy else GAN_ADV_DEFAULT_STEPS)
             if steps < 1:
                 raise UserError(f"--AT_regularization '{m.group(0)}': steps per batch must be >= 1, e.g. gan_adv_step1")
-            found[key] = steps
+            found[name] = steps
         elif name in ("dropout", "topkprune"):
             what = "the dropout probability P in [0, 1)" if name == "dropout" else \
                 "the fraction P in [0, 1) of smallest entries zeroed per sample"
             p = _number(name, m.group(1), what, f"{name}0.2")
             if not 0.0 <= p < 1.0:
                 raise UserError(f"--AT_regularization '{name}{m.group(1)}': {what} (got {p:g}), e.g. {name}0.2")
-            found[key] = p
+            found[name] = p
         elif name == "pruning":
             e = _number(name, m.group(1), "the epoch E >= 1 at which PATROL prunes", "pruning180")
             if e < 1:
                 raise UserError(f"--AT_regularization 'pruning{m.group(1)}': the pruning epoch must be >= 1, "
                                 "e.g. pruning180")
-            found[key] = int(e)
+            found[name] = int(e)
         elif name == "local_dp":
-            found[key] = m.group(1) or ("laplace" if legacy else "gaussian")
+            found[name] = m.group(1) or ("laplace" if legacy else "gaussian")
         else:
-            found[key] = True
+            found[name] = True
 
     if strength == 0:
         return ATOptions(text=text, strength=0.0, ignored=tuple(found), version=version)
