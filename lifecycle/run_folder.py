@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import time
 from pathlib import Path
 
 from lifecycle.identity import identity, identity_differences
 from lifecycle.results import attack_state
-from utils import UserError, reject_non_finite
+from utils import UserError, read_json
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
 
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        with open(path) as f:
-            data = json.load(f, parse_constant=reject_non_finite)  # NaN: not written by this project
+        data = read_json(path)  # strict: a bare NaN was not written by this project
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:

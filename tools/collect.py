@@ -11,7 +11,7 @@ from pathlib import Path
 from lifecycle.identity import NOT_RESULT_KEYS
 from lifecycle.results import SENT, entries
 from tools.stats import sd
-from utils import NotStrictJSON, reject_non_finite
+from utils import NotStrictJSON, read_json
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
 # Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
@@ -40,8 +40,7 @@ def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
     runs, warnings = [], []
     for path in sorted(Path(folder).rglob("metrics.json")):
         try:
-            with open(path) as f:
-                data = json.load(f, parse_constant=reject_non_finite)
+            data = read_json(path)
         except NotStrictJSON as e:
             warnings.append(f"skipping {path}: {e}")
             continue

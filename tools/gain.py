@@ -14,9 +14,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from tools.collect import GROUP_KEYS, attack_modes, group_title, mean, scores, sort_key
-from tools.stats import LEVEL, Estimate, estimate, strongest
-
-DASH = "–"
+from tools.stats import DASH, LEVEL, Estimate, estimate, fmt_mean_sd, strongest
 
 
 def seed_of(rec: dict):
@@ -107,15 +105,9 @@ def _strongest_name(pairs) -> str:
     return without if without == with_cem else f"{without} → {with_cem}"
 
 
-def _f(v, spec):
-    return DASH if v is None else format(v, spec)
-
-
 def fmt_sd(e, spec) -> str:
     """'mean ± sd', or the mean alone for one value."""
-    if e is None:
-        return DASH
-    return format(e.mean, spec) + ("" if e.sd is None else f" ± {format(e.sd, spec.lstrip('+'))}")
+    return DASH if e is None else fmt_mean_sd(e.mean, e.sd, spec)
 
 
 def fmt_interval(e, spec, unit="") -> str:

@@ -26,6 +26,7 @@ from PIL import Image, ImageChops
 from tools.collect import attack_modes, group_title, sort_key
 from tools.gain import seed_of
 from tools.plot import curves_figure, tradeoff_figure
+from tools.stats import fmt_g
 
 FILES = "report_files"
 STYLE = """
@@ -108,10 +109,6 @@ def same_originals(a: Path, b: Path):
     return x.size == y.size and ImageChops.difference(x, y).getbbox() is None
 
 
-def _g(v) -> str:
-    return "–" if v is None else f"{v:g}"
-
-
 def _grid_path(rec: dict, attack: str, mode: str):
     grid = (rec["attacks"].get((attack, mode)) or {}).get("grid")
     path = Path(rec["path"]).parent / grid if isinstance(grid, str) else None
@@ -139,13 +136,13 @@ def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
                 copy = files / "grids" / _safe(f"{grids[lam].parent.parent.name}_{grids[lam].name}")
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(grids[lam], copy)
-                figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={_g(s)} λ={_g(lam)} grid')}"
-                            f"<figcaption>λ = {_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
+                figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={fmt_g(s)} λ={fmt_g(lam)} grid')}"
+                            f"<figcaption>λ = {fmt_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
             same = [same_originals(grids[0], p) for p in grids.values()]
             check = ("same evaluation images in every grid (their rows of originals are identical, pixel for pixel)"
                      if all(same) else "a grid could not be read" if None in same
                      else "the grids' originals differ: these runs were scored on different images")
-            rows.append(f"<h4>σ = {_g(s)}, seed {_e(seeds[0])}</h4><div class=\"row\">{''.join(figs)}</div>"
+            rows.append(f"<h4>σ = {fmt_g(s)}, seed {_e(seeds[0])}</h4><div class=\"row\">{''.join(figs)}</div>"
                         f'<p class="note">Top row of each grid: originals; below: the {_e(attack)} attack\'s '
                         f"reconstructions ({_e(mode)}). Checked: {check}.</p>")
         if rows:
@@ -163,17 +160,21 @@ def _train_log(rec: dict):
 
 
 def training_curves(grouped, files: Path) -> str:
-    out = []
+    out, drawn = [], set()
     for key, runs in grouped:
         figs = []
-        # Attack variants ('run@label') share their run's training: one figure per trained run.
-        trained = [r for r in runs if "@" not in r["filename"]]
-        for r in sorted(trained, key=lambda r: (sort_key(r["sigma"]), sort_key(r["lambd"]), sort_key(seed_of(r)))):
+        for r in sorted(runs, key=lambda r: (sort_key(r["sigma"]), sort_key(r["lambd"]), sort_key(seed_of(r)))):
+            # A run's attacker views and attack settings are records of their own that share its training
+            # (and its folder): one figure per trained run, in the first group that holds one of them.
+            if r["path"] in drawn:
+                continue
+            drawn.add(r["path"])
             rows = _train_log(r)
             if not rows:
                 continue
-            label = f"σ={_g(r['sigma'])} λ={_g(r['lambd'])} seed {seed_of(r)}"
-            png = curves_figure(rows, f"{label}: {r['filename']}", files / "curves" / f"{_safe(r['filename'])}.png",
+            label = f"σ={fmt_g(r['sigma'])} λ={fmt_g(r['lambd'])} seed {seed_of(r)}"
+            name = Path(r["path"]).parent.name  # the run's, also when `r` is one of its attack variants
+            png = curves_figure(rows, f"{label}: {name}", files / "curves" / f"{_safe(name)}.png",
                                 empty="no CEM at λ = 0" if r["lambd"] == 0 else "not logged")
             figs.append(f"<figure class=\"wide\">{_img(f'{FILES}/curves/{png.name}', f'training curves {label}')}"
                         f"<figcaption>{_e(label)}</figcaption></figure>")

@@ -34,22 +34,14 @@ import sys
 from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
+from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
                   "lambd", "var_threshold", "num_epochs", "defense", "at_strength", "view", "test_acc"]
-DASH = "–"
 
 
 class ReportError(Exception):
     """Nothing sensible to report; main prints the message as one line and exits 2."""
-
-
-def _fmt(v, spec):
-    return DASH if v is None else format(v, spec)
-
-
-def _g(v):
-    return DASH if v is None else f"{v:g}"
 
 
 def write_csv(runs, path: Path, which: str) -> None:
@@ -72,8 +64,7 @@ def write_csv(runs, path: Path, which: str) -> None:
 
 def _sd(cell, key, spec) -> str:
     """'mean ± sd' over the cell's runs (seeds); the mean alone for one run, which has no sd."""
-    sd = cell.get(f"{key}_sd")
-    return _fmt(cell[key], spec) + ("" if sd is None or cell[key] is None else f" ± {sd:{spec}}")
+    return fmt_mean_sd(cell[key], cell.get(f"{key}_sd"), spec)
 
 
 def _cell_text(cell) -> str:
@@ -102,8 +93,8 @@ def _baseline_text(runs, attack, mode) -> str:
     if not base:
         return ""
     avg = {k: mean([b.get(k) for b in base]) for k in ("mse_mean", "ssim_mean", "psnr_mean")}
-    return (f"Reference, no attack (always guess the attacker's mean image): MSE {_fmt(avg['mse_mean'], '.4f')} / "
-            f"SSIM {_fmt(avg['ssim_mean'], '.3f')} / PSNR {_fmt(avg['psnr_mean'], '.1f')} dB.")
+    return (f"Reference, no attack (always guess the attacker's mean image): MSE {fmt(avg['mse_mean'], '.4f')} / "
+            f"SSIM {fmt(avg['ssim_mean'], '.3f')} / PSNR {fmt(avg['psnr_mean'], '.1f')} dB.")
 
 
 def markdown(grouped, attack: str, mode: str, which: str) -> str:
@@ -112,10 +103,10 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
     for key, runs in grouped:
         sigmas, lambdas, cells = cell_table(runs, attack, mode, which)
         out.append(f"### {group_title(key)}\n")
-        out.append("| σ \\ λ | " + " | ".join(f"λ={_g(l)}" for l in lambdas) + " |")
+        out.append("| σ \\ λ | " + " | ".join(f"λ={fmt_g(l)}" for l in lambdas) + " |")
         out.append("|---" * (len(lambdas) + 1) + "|")
         for s in sigmas:
-            out.append(f"| σ={_g(s)} | " + " | ".join(_cell_text(cells.get((s, l))) for l in lambdas) + " |")
+            out.append(f"| σ={fmt_g(s)} | " + " | ".join(_cell_text(cells.get((s, l))) for l in lambdas) + " |")
         out.append("")
         base = _baseline_text(runs, attack, mode)
         if base:
@@ -148,7 +139,7 @@ def comparison(grouped, mode: str, which: str) -> str:
             acc = DASH if first is None else _sd(first, "acc", ".2f") + (f" (n={first['n']})" if first["n"] > 1 else "")
             text = [DASH if c is None else " / ".join([_sd(c, "mse", ".4f"), _sd(c, "ssim", ".3f"),
                                                        _sd(c, "psnr", ".1f")]) for c in cells]
-            out.append(f"| {_g(s)} | {_g(l)} | {acc} | " + " | ".join(text) + " |")
+            out.append(f"| {fmt_g(s)} | {fmt_g(l)} | {acc} | " + " | ".join(text) + " |")
         out.append("")
         base = _baseline_text(runs, names[0], mode)
         out.append((base + " " if base else "") + f"Same evaluation images for every attack ({which} "

@@ -12,10 +12,12 @@ printed t table) and from Fisher's expansion around the normal quantile beyond (
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from statistics import NormalDist
 
 LEVEL = 0.95
+DASH = "–"  # what a table shows for a value it does not have
 
 # t(0.975, df) for df = 1..30.
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
@@ -46,10 +48,7 @@ def _values(values) -> list:
 def sd(values):
     """Sample standard deviation (n − 1 in the denominator); None for fewer than two values."""
     vals = _values(values)
-    if len(vals) < 2:
-        return None
-    m = sum(vals) / len(vals)
-    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return statistics.stdev(vals) if len(vals) >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -84,3 +83,18 @@ def strongest(mse_by_attack: dict):
     None when no attack has an MSE."""
     have = [(a, m) for a, m in mse_by_attack.items() if m is not None]
     return min(have, key=lambda am: am[1]) if have else None
+
+
+def fmt(v, spec: str) -> str:
+    return DASH if v is None else format(v, spec)
+
+
+def fmt_g(v) -> str:
+    return DASH if v is None else f"{v:g}"
+
+
+def fmt_mean_sd(mean, sd, spec: str) -> str:
+    """'mean ± sd', the mean alone without an sd (one value), DASH without a mean."""
+    if mean is None:
+        return DASH
+    return format(mean, spec) + ("" if sd is None else f" ± {format(sd, spec.lstrip('+'))}")
