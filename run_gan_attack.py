@@ -80,16 +80,12 @@ def _sweep(parser, args, settings) -> int:
 
     from lifecycle.attack_runner import sweep
     from tools import sweep as executors
-    from utils import UserError
 
     todo = []
     status = sweep(args.sweep, settings, force=args.force, run=lambda run_dir, _: todo.append(Path(run_dir)))
     jobs = executors.script_jobs(__file__, todo, args, parser, drop=("runs", "sweep"),
                                  log=lambda run_dir: run_dir.parent / f"{run_dir.name}.gan_attack.log")
-    try:
-        return executors.execute(jobs, args, skipped=len(status) - len(todo))
-    except executors.UserError as e:
-        raise UserError(str(e)) from None
+    return executors.execute(jobs, args, skipped=len(status) - len(todo))
 
 
 if __name__ == "__main__":

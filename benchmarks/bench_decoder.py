@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from architectures.decoders import build_decoder  # noqa: E402
+from benchmarks.bench_attacks import timed  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 
@@ -47,16 +47,6 @@ def gflops(step) -> float:
     with FlopCounterMode(display=False) as counter:
         step()
     return counter.get_total_flops() / 1e9
-
-
-def timed(step, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def main(argv=None) -> int:

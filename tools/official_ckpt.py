@@ -85,29 +85,26 @@ def find_published_files(ckpt_dir, epoch: str) -> Dict[str, Path]:
     return out
 
 
-def _tensors_only(obj, path: Path) -> "OrderedDict[str, torch.Tensor]":
+def _checked_tensors(obj, path: Path) -> "OrderedDict[str, torch.Tensor]":
+    """The file's state_dict, if it is one of tensors that are all finite: a NaN or inf weight would
+    import as a model that scores (badly) like a real one, so it is refused."""
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} is not a state_dict of tensors (found {type(obj).__name__}); "
                         "is it a published CEM checkpoint file?")
-    return OrderedDict(obj)
-
-
-def _finite_only(tensors: "OrderedDict[str, torch.Tensor]", path: Path) -> "OrderedDict[str, torch.Tensor]":
-    """A NaN or inf weight would import as a model that scores (badly) like a real one: refuse it."""
-    for key, t in tensors.items():
+    for key, t in obj.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise UserError(f"{path}: tensor '{key}' holds {bad} non-finite value(s) (NaN or inf) of "
                             f"{t.numel()}; a trained model has none: the file is damaged, so nothing is imported")
-    return tensors
+    return OrderedDict(obj)
 
 
 def read_published_file(path) -> Tuple[str, "OrderedDict[str, torch.Tensor]"]:
     """('state_dict' | 'module', the file's finite tensors in saved order). Never executes code from the file."""
     path = Path(path)
     try:
-        return "state_dict", _finite_only(_tensors_only(load_checkpoint(
-            path, "cpu", fix="is it a complete published checkpoint file?"), path), path)
+        return "state_dict", _checked_tensors(load_checkpoint(
+            path, "cpu", fix="is it a complete published checkpoint file?"), path)
     except UnsafeCheckpoint:
         pass  # not a bare state_dict: perhaps PATROL's pickled module, read below under the whitelist
     try:
@@ -127,7 +124,7 @@ def read_published_file(path) -> Tuple[str, "OrderedDict[str, torch.Tensor]"]:
         why = str(e).splitlines()[0][:120] if str(e) else ""
         raise UserError(f"{path} holds a malformed pickled module ({type(e).__name__}: {why}); "
                         "is it a published CEM checkpoint file?") from None
-    return "module", _finite_only(_tensors_only(tensors, path), path)
+    return "module", _checked_tensors(tensors, path)
 
 
 def detect_variant(kind: str, encoder: "OrderedDict[str, torch.Tensor]") -> Tuple[str, str]:

@@ -281,8 +281,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable copy, so that classes and exceptions are the ones tools.sweep_slurm uses and
-    # submitit pickles (tools.sweep.Job, not __main__.Job).
-    from tools import sweep
-
-    sys.exit(sweep.main())
+    sys.exit(main())

@@ -10,10 +10,10 @@ import re
 import signal
 from typing import Optional
 
+from tools.sweep_jobs import HEADER, HEADER_LINES
+
 TAIL_BYTES = 1 << 18  # the end of the last attempt is enough; a training log can run to megabytes
 MAX_CHARS = 300
-# tools.sweep.run_job starts each attempt's output with "=== <date> <time> <job name>" and the command.
-_HEADER = re.compile(r"=== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d (.*)")
 
 
 def _last_attempt(log: str, name: str) -> Optional[list]:
@@ -26,9 +26,9 @@ def _last_attempt(log: str, name: str) -> Optional[list]:
     except OSError:
         return None
     lines = [line.strip() for line in re.split(r"[\r\n]+", text)]  # \r: progress bars redraw a line
-    starts = [i for i, line in enumerate(lines) if (m := _HEADER.fullmatch(line)) and m.group(1) == name]
+    starts = [i for i, line in enumerate(lines) if (m := HEADER.fullmatch(line)) and m.group(1) == name]
     if starts:
-        lines = lines[starts[-1] + 2:]  # after the header and the command line
+        lines = lines[starts[-1] + HEADER_LINES:]
     return [line for line in lines if line]
 
 

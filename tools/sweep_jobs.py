@@ -7,6 +7,7 @@ to running jobs. Standard library only, so a dry run never imports torch.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -19,6 +20,10 @@ from typing import Callable, Optional
 
 from utils import UserError
 
+# Each attempt's output in a job's log starts with these lines: "=== <date> <time> <job name>", then the
+# command (tools/sweep_failures.py finds a job's last attempt by them).
+HEADER_LINES = 2
+HEADER = re.compile(r"=== \d{4}-\d\d-\d\d \d\d:\d\d:\d\d (.*)")
 REPEAT_S = 2.0  # a terminal Ctrl-C reaches us twice (directly and via run_exp.sh): forward it once
 
 
