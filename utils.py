@@ -58,9 +58,9 @@ class OutOfSpace(Exception):
 
 
 class NotStrictJSON(ValueError):
-    """A run file holds NaN or ±Infinity. Python's json reads them, but this project never writes them
-    (write_json stores null and names the value under `non_finite`), so such a file was made or
-    edited by something else and its numbers are not what a run recorded."""
+    """A run file this project cannot have written: it holds NaN or ±Infinity (Python's json reads them,
+    but write_json stores null and names the value under `non_finite`), or it is larger or more deeply
+    nested than any run file. It was made or edited by something else, so it is refused, not read."""
 
 
 def reject_non_finite(token: str):
@@ -103,7 +103,11 @@ def signals_deferred():
         for s, handler in before.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         for s in dict.fromkeys(caught):
-            signal.raise_signal(s)
+            handler = before[s]
+            if callable(handler):  # called here, now: no second trip through the OS, whose timing can vary
+                handler(s, None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(s)
 
 
 def seed_everything(seed: int) -> None:
@@ -192,6 +196,12 @@ def disk_full(err: BaseException) -> bool:
     return False
 
 
+def write_file_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` with a new regular file holding `data`: a symlink at `path` is replaced, never
+    written through, so writing into a folder someone else prepared cannot reach a file outside it."""
+    _atomic_replace(Path(path), lambda f: f.write(data))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically so a killed process never leaves a half-written results file.
 
@@ -230,10 +240,47 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+# Far beyond anything a run file holds (metrics.json is kilobytes, nested a handful of levels deep), and
+# low enough that a planted file cannot exhaust memory or Python's recursion in a reader downstream.
+JSON_MAX_BYTES = 64 * 2**20
+JSON_MAX_DEPTH = 64
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON that Python reads as infinity
+        raise NotStrictJSON(f"holds {text[:40]}, which overflows to {value} (this project writes null for a "
+                            "non-finite number)")
+    return value
+
+
+def _depth_ok(obj: Any) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, (dict, list)):
+            if depth > JSON_MAX_DEPTH:
+                return False
+            stack.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return True
+
+
 def read_json(path: str | Path) -> Any:
-    """Strict, as write_json writes: a bare NaN or Infinity raises NotStrictJSON (a ValueError)."""
-    with open(path) as f:
-        return json.load(f, parse_constant=reject_non_finite)
+    """Strict, as write_json writes: a bare NaN or Infinity, or a number that overflows to one, raises
+    NotStrictJSON; a file too large or too deeply nested for a run file raises NotStrictJSON too (all
+    ValueErrors, which every reader turns into one line naming the file)."""
+    with open(path, "rb") as f:
+        raw = f.read(JSON_MAX_BYTES + 1)
+    if len(raw) > JSON_MAX_BYTES:
+        raise NotStrictJSON(f"is larger than {JSON_MAX_BYTES // 2**20} MiB, far more than any run file holds")
+    too_deep = NotStrictJSON(f"is nested more than {JSON_MAX_DEPTH} levels deep, which no run file is")
+    try:
+        data = json.loads(raw, parse_constant=reject_non_finite, parse_float=_finite_float)
+    except RecursionError:
+        raise too_deep from None
+    if not _depth_ok(data):
+        raise too_deep
+    return data
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:

@@ -8,6 +8,7 @@ configuration and must not import torch.
 from __future__ import annotations
 
 import argparse
+import math
 
 from attacks.flags import (
     ATTACKS,
@@ -148,6 +149,11 @@ def check_recorded(cfg: dict, path) -> None:
                        else {bool: "true or false", str: "a string", int: "an integer"}.get(want, "a number"))
             raise UserError(f"{path}: {action.dest} is {value!r}, which is not {allowed}; the file was edited or "
                             "comes from another version: restore it, or retrain the run")
+    try:  # and within the flags' ranges: a recorded seed of 2**70 or a limit of 0 is no run this project made
+        check_numbers(cfg)
+    except UserError as e:
+        raise UserError(f"{path}: recorded {str(e).lstrip('-')}; the file was edited or comes from another "
+                        "version: restore it, or retrain the run") from None
 
 
 def _parses(convert, value) -> bool:
@@ -156,3 +162,39 @@ def _parses(convert, value) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+# flag -> (lowest allowed value, whether the lowest value itself is allowed[, highest allowed value]).
+# Any float flag must be finite whether it is listed or not; add a new numeric flag here to give it a
+# range. Seeds go to torch's 64-bit generators with small offsets added (refresh count, defence
+# streams), so they stop at 2**63 - 1, far from the 2**64 torch refuses.
+RANGES = {
+    "learning_rate": (0, False), "local_lr": (0, False), "regularization_strength": (0, True),
+    "lambd": (0, True), "var_threshold": (0, False), "AT_regularization_strength": (0, True),
+    "num_epochs": (1, True), "batch_size": (2, True), "attack_epochs": (1, True),
+    "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True, 2**63 - 1),
+    "num_classes": (2, True),
+    "gan_pretrain_epochs": (0, True), "gan_epochs": (1, True), "n_critic": (1, True), "mse_weight": (0, True),
+    "lr_D": (0, False), "lr_G": (0, False), "checkpoint_every": (1, True),
+    # 2: the generator is a decoder with BatchNorm, which cannot train on one image, and the attack
+    # drops a last batch of one, so a batch size of 1 would train on one image per epoch.
+    "gan_batch_size": (2, True),
+    "checkpoint_seconds": (0, True),
+    "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
+}
+
+
+def check_numbers(cfg: dict) -> None:
+    for key, value in cfg.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{key} must be a finite number (got {value})")
+    for key, (low, inclusive, *high) in RANGES.items():
+        value = cfg.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)):
+            raise UserError(f"--{key} must be a number (got {value!r})")
+        if value < low or (value == low and not inclusive):
+            raise UserError(f"--{key} must be {'>=' if inclusive else '>'} {low} (got {value})")
+        if high and value > high[0]:
+            raise UserError(f"--{key} must be <= {high[0]} (got {value})")

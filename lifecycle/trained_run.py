@@ -48,8 +48,8 @@ def read_run_config(run_dir) -> tuple[dict, dict]:
                         "pass a folder written by main_MIA.py")
     try:
         cfg = read_json(cfg_path)
-    except ValueError:
-        raise UserError(f"{cfg_path} is not valid JSON; restore it or retrain the run") from None
+    except ValueError as e:
+        raise UserError(f"{cfg_path} is not valid JSON ({str(e)[:120]}); restore it or retrain the run") from None
     missing = [k for k in REQUIRED_CONFIG_KEYS if not isinstance(cfg, dict) or k not in cfg]
     if missing:
         raise UserError(f"{cfg_path} lacks {', '.join(missing)}: not a run folder of this project; "
@@ -59,8 +59,9 @@ def read_run_config(run_dir) -> tuple[dict, dict]:
     if (run_dir / "metrics.json").exists():
         try:
             metrics = read_json(run_dir / "metrics.json")
-        except ValueError:
-            raise UserError(f"{run_dir / 'metrics.json'} is not valid JSON; fix or delete it") from None
+        except ValueError as e:
+            raise UserError(f"{run_dir / 'metrics.json'} is not valid JSON ({str(e)[:120]}); "
+                            "fix or delete it") from None
     if not (run_dir / BEST_CKPT).exists():
         raise UserError(f"'{run_dir}' has no {BEST_CKPT.as_posix()}: the run was never trained or its "
                         "checkpoints were removed; train it first (main_MIA.py, or --resume)")

@@ -106,6 +106,33 @@ def test_a_mistyped_config_json_names_the_file_and_key(capsys, copy_run):
     assert "config.json" in line and "cutlayer" in line
 
 
+@pytest.mark.parametrize("key, value", [("random_seed", 2**70), ("random_seed", -1), ("limit_train", 0),
+                                        ("regularization_strength", -0.5)])
+def test_a_recorded_setting_outside_its_flags_range_is_refused(capsys, copy_run, key, value):
+    argv, run = copy_run
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, key: value}))
+    assert main_MIA.main(argv + ["--attack_only", "--attack_epochs", "2"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "config.json" in line and f"recorded {key} must be" in line and str(value) in line
+    assert run_gan_attack.main([str(run), "--device", "cpu", "--no_progress"]) == 2
+    assert f"recorded {key} must be" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("name", ["config.json", "metrics.json"])
+def test_a_deeply_nested_run_file_is_one_line(capsys, copy_run, name):
+    argv, run = copy_run
+    (run / name).write_text("[" * 100_000 + "]" * 100_000)
+    assert main_MIA.main(argv + ["--attack_only", "--attack_epochs", "2"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert name in line and "nested more than" in line
+    assert run_gan_attack.main([str(run), "--device", "cpu", "--no_progress"]) == 2
+    assert name in one_error_line(capsys.readouterr().err)
+    assert run_gan_attack.main(["--sweep", str(run.parent), "--device", "cpu", "--no_progress"]) in (0, 1, 2)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and (name == "config.json" or "nested more than" in err)
+
+
 @pytest.mark.parametrize("main", [main_MIA.main, run_gan_attack.main])
 def test_a_mistyped_flag_is_one_line_and_help_is_intact(main, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -201,12 +228,20 @@ def test_an_attack_stopped_as_it_records_results_leaves_no_stale_checkpoint(tmp_
         original(run_dir, metrics)
         if not calls:  # the results are on disk; Ctrl-C arrives before their checkpoint is removed
             calls.append(1)
-            signal.raise_signal(signal.SIGINT)
+            # What the OS does on Ctrl-C, done synchronously: the handler in force now (signals_deferred's)
+            # runs at once, so the test does not depend on when the interpreter gets to a pending signal.
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
 
+    # Whatever an earlier test in this process left installed, Ctrl-C means KeyboardInterrupt here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     monkeypatch.setattr(attack_runner, "_write_merged", write_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        attack_runner.attack_run(run, settings)
-    assert "train_time" in metrics_of(run)["attack"]["gan"]
+    monkeypatch.setattr(signal, "raise_signal", lambda s: pytest.fail("re-delivered through the OS"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            attack_runner.attack_run(run, settings)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls and "train_time" in metrics_of(run)["attack"]["gan"]
     assert not (run / "attacks" / "gan_train_time.ckpt.pt").exists()
 
 
