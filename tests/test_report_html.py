@@ -132,4 +132,8 @@ def test_a_damaged_grid_is_named_not_fatal(tmp_path, capsys):
     run = write_run(root, 0.05, 16.0, 125, 29.0, {"decoder": 0.2})
     (run / "images" / "decoder_train_time.png").write_bytes(b"\x89PNG truncated")
     assert report.main([str(root)]) == 0
-    assert "Checked: a grid could not be read." in " ".join(page_of(root).text)
+    text = " ".join(page_of(root).text)
+    # Not shown beside the good one, and named once, on the page and on stderr, with the reason.
+    assert "not showing the grid" in text and "decoder_train_time.png: not a readable image" in text
+    assert "not showing the grid" in capsys.readouterr().err
+    assert not list((root / "report_files" / "grids").glob("*seed125*l16*"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from lifecycle.identity import NOT_RESULT_KEYS
 from lifecycle.results import SENT, entries
 from tools.stats import sd
+from tools.untrusted import find, one_line, recorded_path, refused
 from utils import NotStrictJSON, read_json
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr")
@@ -28,35 +29,68 @@ DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_va
 
 
 def _num(x):
-    """Numbers stay numbers; anything else (missing, strings, NaN) becomes None."""
+    """Finite numbers stay numbers; anything else (missing, strings, NaN, ±inf) becomes None."""
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return None
-    return None if math.isnan(x) else x
+    return x if math.isfinite(x) else None  # NaN, ±inf: no number a run can have recorded
 
 
 def load_runs(folder: Path) -> tuple[list[dict], list[str]]:
     """Return (records of finished runs, each counted once, and one-line warnings about the files that
     were skipped or were copies of another run)."""
-    runs, warnings = [], []
-    for path in sorted(Path(folder).rglob("metrics.json")):
+    paths, warnings = find(Path(folder), "metrics.json")
+    runs = []
+    for path in paths:
+        shown = one_line(path)
+        why = refused(folder, path)
+        if why:
+            warnings.append(f"skipping {shown}: {why}")
+            continue
         try:
             data = read_json(path)
         except NotStrictJSON as e:
-            warnings.append(f"skipping {path}: {e}")
+            warnings.append(f"skipping {shown}: {e}")
             continue
         except (OSError, ValueError) as e:
-            warnings.append(f"skipping {path}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})")
+            warnings.append(f"skipping {shown}: unreadable ({type(e).__name__}: {one_line(e)[:160]})")
             continue
         if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-            warnings.append(f"skipping {path}: not a metrics.json object with a 'config' section")
+            warnings.append(f"skipping {shown}: not a metrics.json object with a 'config' section")
             continue
         status = data.get("status")
         if status != "finished":
-            warnings.append(f"skipping {path}: status is {status!r}, not 'finished'")
+            warnings.append(f"skipping {shown}: status is {one_line(repr(status))[:60]}, not 'finished'")
             continue
-        runs += _records(_record(path, data), data)
+        recs = _records(_record(path, data), data)
+        warnings += _files_inside(Path(folder), recs)
+        runs += recs
     runs, notes = drop_duplicates(runs)
     return runs, warnings + notes
+
+
+def _files_inside(root: Path, recs: list[dict]) -> list[str]:
+    """Check the files a run's records point to (grids, train_log.csv) before anything reads them: each
+    record gets `train_log` and every attack result `grid_file`, a path inside `root` or None, and
+    every file refused is named once in the returned warnings."""
+    notes = []
+    run_dir = Path(recs[0]["path"]).parent
+    log = run_dir / "train_log.csv"
+    why = refused(root, log) if log.exists() or log.is_symlink() else "absent"
+    if why != "absent" and why:
+        notes.append(f"not reading {one_line(log)}: {why}")
+    for rec in recs:
+        rec["train_log"] = None if why else log
+        for res in rec["attacks"].values():
+            grid = res.get("grid")
+            path = recorded_path(run_dir, grid)
+            bad = "not a path inside the run folder" if path is None and grid is not None else \
+                None if path is None else refused(root, path)
+            res["grid_file"] = path if path is not None and not bad else None
+            if bad and path is not None and not path.exists() and not path.is_symlink():
+                continue  # a grid not kept (or deleted): nothing to warn about
+            if bad:
+                notes.append(f"not reading the grid {one_line(repr(grid))[:120]} of {one_line(run_dir)}: {bad}")
+    return list(dict.fromkeys(notes))
 
 
 def _preference(rec: dict) -> tuple:

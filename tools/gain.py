@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from tools.collect import GROUP_KEYS, attack_modes, group_title, mean, scores, sort_key
 from tools.stats import DASH, LEVEL, Estimate, estimate, fmt_mean_sd, strongest
+from tools.untrusted import md
 
 
 def seed_of(rec: dict):
@@ -125,22 +126,23 @@ def gain_markdown(grouped, attack: str, mode: str, which: str) -> str:
     level = f"{LEVEL:.0%}"
     out = ["\n## CEM gain per defence\n"]
     for setting in dict.fromkeys(r["setting"] for r in rows):
-        out.append(f"**{setting}**\n")
+        out.append(f"**{md(setting)}**\n")
         out.append(f"| defence | σ | λ | seeds | accuracy no CEM | accuracy CEM | Δ accuracy [{level}] | MSE no CEM | "
                    f"MSE CEM | gain [{level}] | strongest attacker: gain [{level}] |")
         out.append("|---" * 11 + "|")
         for r in (r for r in rows if r["setting"] == setting):
             seeds = str(r["n"]) + (f" (+{r['unpaired']} unpaired)" if r["unpaired"] else "")
             best = fmt_interval(r["strongest_gain_pct"], "+.1f", "%")
-            best = best if best == DASH else f"{best} ({r['strongest']})"
-            out.append(f"| {r['defense']} | {r['sigma']:g} | {r['lambd']:g} | {seeds} | {fmt_sd(r['acc_0'], '.2f')} | "
+            best = best if best == DASH else f"{best} ({md(r['strongest'])})"
+            out.append(f"| {md(r['defense'])} | {r['sigma']:g} | {r['lambd']:g} | {seeds} | "
+                       f"{fmt_sd(r['acc_0'], '.2f')} | "
                        f"{fmt_sd(r['acc_cem'], '.2f')} | {fmt_interval(r['acc_change'], '+.2f')} | "
                        f"{fmt_sd(r['mse_0'], '.4f')} | {fmt_sd(r['mse_cem'], '.4f')} | "
                        f"{fmt_interval(r['gain_pct'], '+.1f', '%')} | {best} |")
         out.append("")
-    names = ", ".join(dict.fromkeys(a for _, runs in grouped for a, m in attack_modes(runs) if m == mode))
+    names = md(", ".join(dict.fromkeys(a for _, runs in grouped for a, m in attack_modes(runs) if m == mode)))
     out.append(f"Runs without and with CEM are paired by seed. Per pair: gain = (MSE with CEM − MSE without) / MSE "
-               f"without, in percent, and Δ accuracy = accuracy with CEM − without, in percentage points ({attack} "
+               f"without, in percent, and Δ accuracy = accuracy with CEM − without, in percentage points ({md(attack)} "
                f"attack, {mode} mode, {which} decoder); positive gain means CEM made inversion harder. Each is the "
                f"mean over the paired seeds with its {level} Student-t interval, mean ± t(0.975, n−1)·sd/√n, in "
                f"brackets (none for one seed); accuracy and MSE: mean ± sd over the same seeds. Strongest attacker: "

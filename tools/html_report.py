@@ -10,13 +10,16 @@ network) and the folder can be copied or archived as it is. It holds:
     set, --limit_test and the seed, never on σ, λ or the defence); the page checks it on the pixels, by
     comparing the grids' rows of originals, and says so under each row of grids;
   - per run, its training curves from train_log.csv (accuracy, CEM term, mean cluster variance, λ_eff).
-report_files/ is rewritten on every report: the grids are copies, so the page also works when written
-with --out elsewhere.
+report_files/ is made anew on every report (a symlink or file of that name is removed, not followed):
+the grids are copies, so the page also works when written with --out elsewhere. Only grids that are
+regular files inside the folder, readable PNGs of a plausible size, are copied (tools/untrusted.py);
+each one refused is named on the page, under "Skipped", and on stderr.
 """
 from __future__ import annotations
 
 import csv
 import html
+import os
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +30,8 @@ from tools.collect import attack_modes, group_title, sort_key
 from tools.gain import seed_of
 from tools.plot import curves_figure, tradeoff_figure
 from tools.stats import fmt_g
+from tools.untrusted import md_unescape, one_line
+from utils import write_file_atomic
 
 FILES = "report_files"
 STYLE = """
@@ -49,7 +54,12 @@ figure.wide { flex: 0 1 auto; } figure.wide img { width: auto; max-width: 100%; 
 
 
 def _e(text) -> str:
-    return html.escape(str(text), quote=True)
+    return html.escape(one_line(text), quote=True)
+
+
+def _m(text) -> str:
+    """Text of results.md (strings from run folders there are escaped for Markdown) escaped for HTML."""
+    return _e(md_unescape(text))
 
 
 def _safe(name: str) -> str:
@@ -63,8 +73,8 @@ def markdown_html(md: str) -> str:
     def flush():
         if table:
             head, *body = table
-            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_e(c)}</th>" for c in head)
-                       + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row)
+            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_m(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{_m(c)}</td>" for c in row)
                                                           + "</tr>" for row in body) + "</tbody></table></div>")
             table.clear()
 
@@ -80,11 +90,11 @@ def markdown_html(md: str) -> str:
         m = re.match(r"(#{1,6})\s+(.*)", line)
         if m:
             level = min(len(m.group(1)), 4)
-            out.append(f"<h{level}>{_e(m.group(2))}</h{level}>")
+            out.append(f"<h{level}>{_m(m.group(2))}</h{level}>")
         elif line.startswith("**") and line.endswith("**"):
-            out.append(f"<h4>{_e(line.strip('*'))}</h4>")
+            out.append(f"<h4>{_m(line.strip('*'))}</h4>")
         else:
-            out.append(f'<p class="note">{_e(line)}</p>')
+            out.append(f'<p class="note">{_m(line)}</p>')
     flush()
     return "\n".join(out)
 
@@ -104,26 +114,52 @@ def same_originals(a: Path, b: Path):
     """True/False, or None when a grid cannot be read (a damaged PNG must not cost the whole page)."""
     try:
         x, y = _originals(a), _originals(b)
-    except (OSError, ValueError):
+    except Exception:  # PIL raises OSError, ValueError, SyntaxError ... for damaged files
         return None
     return x.size == y.size and ImageChops.difference(x, y).getbbox() is None
 
 
+# A grid is two rows of a few images each (save_grid); far larger is not one, and decoding it could take
+# gigabytes (a decompression bomb is a few kB on disk).
+MAX_GRID_PIXELS = 4096 * 4096
+
+
+def grid_refused(path: Path):
+    """None when `path` is a PNG the page can show, else why not (read from its header only)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                fmt, (w, h) = im.format, im.size
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBomb* ...
+        return f"not a readable image ({type(e).__name__})"
+    if fmt != "PNG":
+        return f"a {one_line(fmt)} file, not the PNG a run writes"
+    if w * h > MAX_GRID_PIXELS:
+        return f"{w}×{h} pixels, far more than a grid"
+    return None
+
+
 def _grid_path(rec: dict, attack: str, mode: str):
-    grid = (rec["attacks"].get((attack, mode)) or {}).get("grid")
-    path = Path(rec["path"]).parent / grid if isinstance(grid, str) else None
-    return path if path is not None and path.is_file() else None
+    """The grid as collect.load_runs checked it: a regular file inside the folder, or None."""
+    return (rec["attacks"].get((attack, mode)) or {}).get("grid_file")
 
 
-def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
+def reconstructions(grouped, files: Path, attack: str, mode: str, skipped: list) -> str:
     """Per group and σ: one seed's grids at every λ side by side (the lowest seed that has λ = 0 and
-    another λ), with the check that they show the same evaluation images."""
+    another λ), with the check that they show the same evaluation images. Grids that are no PNG a run
+    wrote are left out and named in `skipped`."""
     out = []
     for key, runs in grouped:
         by: dict = {}
         for r in runs:
             path = _grid_path(r, attack, mode)
-            if path is not None:
+            why = None if path is None else grid_refused(path)
+            if why:
+                skipped.append(f"not showing the grid {one_line(path)}: {why}")
+            elif path is not None:
                 by.setdefault(r["sigma"], {}).setdefault(seed_of(r), {}).setdefault(r["lambd"], path)
         rows = []
         for s in sorted(by, key=sort_key):
@@ -134,8 +170,7 @@ def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
             figs = []
             for lam in sorted(grids, key=sort_key):
                 copy = files / "grids" / _safe(f"{grids[lam].parent.parent.name}_{grids[lam].name}")
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(grids[lam], copy)
+                write_file_atomic(copy, grids[lam].read_bytes())
                 figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={fmt_g(s)} λ={fmt_g(lam)} grid')}"
                             f"<figcaption>λ = {fmt_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
             same = [same_originals(grids[0], p) for p in grids.values()]
@@ -151,7 +186,9 @@ def reconstructions(grouped, files: Path, attack: str, mode: str) -> str:
 
 
 def _train_log(rec: dict):
-    path = Path(rec["path"]).parent / "train_log.csv"
+    path = rec.get("train_log")  # checked by collect.load_runs: inside the folder, or None
+    if path is None:
+        return None
     try:
         with open(path, newline="") as f:
             return list(csv.DictReader(f))
@@ -183,11 +220,25 @@ def training_curves(grouped, files: Path) -> str:
     return "\n".join(out) or '<p class="note">No run folder holds a train_log.csv.</p>'
 
 
-def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which: str, summary: str) -> Path:
-    """report.html in `out`; sections: [(heading or None, Markdown)] shown in this order before the figures."""
+def fresh_folder(path: Path) -> None:
+    """`path` as a new, empty folder of the report's own: a symlink or file there is removed, not
+    followed, and an old folder removed with what it holds (rmtree never follows the links inside)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        os.unlink(path)
+    elif path.exists():
+        shutil.rmtree(path)  # no figure of an older report stays
+    path.mkdir()
+
+
+def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which: str, summary: str,
+               skipped: list | None = None) -> tuple[Path, list[str]]:
+    """report.html in `out`; sections: [(heading or None, Markdown)] shown in this order before the figures;
+    `skipped`: one line per item the report left out (collect.load_runs' warnings), shown on the page.
+    Returns the page and the lines of what the page itself left out (grids that are no PNG)."""
     files = Path(out) / FILES
-    shutil.rmtree(files, ignore_errors=True)  # the report's own folder: no figure of an older report stays
-    (files / "curves").mkdir(parents=True)
+    fresh_folder(files)
+    (files / "curves").mkdir()
+    own: list[str] = []
     plots = []
     for a in dict.fromkeys(a for _, runs in grouped for a, m in attack_modes(runs) if m == mode):
         png = tradeoff_figure(grouped, files, a, mode, which, name=f"tradeoff_{_safe(a)}.png")
@@ -197,10 +248,15 @@ def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which
     body.append("<h2>Privacy–utility trade-off</h2><p class=\"note\">Test accuracy against attack MSE, one line "
                 "per λ, points labelled by σ; error bars ± sd over seeds.</p>"
                 + ("".join(plots) or "<p>No attack scores.</p>"))
-    body.append(f"<h2>Reconstructions, λ = 0 against λ &gt; 0</h2>{reconstructions(grouped, files, attack, mode)}")
+    body.append(f"<h2>Reconstructions, λ = 0 against λ &gt; 0</h2>{reconstructions(grouped, files, attack, mode, own)}")
     body.append(f"<h2>Training curves</h2>{training_curves(grouped, files)}")
+    lines = list(skipped or []) + own
+    if lines:
+        body.append("<h2>Skipped</h2><p class=\"note\">What the report did not read or show, and why "
+                    "(a report only reads regular files inside its folder):</p><ul>"
+                    + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>CEM report</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     path = Path(out) / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    write_file_atomic(path, page.encode("utf-8"))
+    return path, own

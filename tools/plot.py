@@ -1,6 +1,7 @@
 """Privacy–utility trade-off figure: test accuracy against attack MSE, one line per λ."""
 from __future__ import annotations
 
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -11,6 +12,8 @@ matplotlib.use("Agg")  # files only: must work on headless machines and inside t
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tools.collect import cell_table, group_title  # noqa: E402
+from tools.untrusted import mpl  # noqa: E402
+from utils import write_file_atomic  # noqa: E402
 
 
 def _label(v, name):
@@ -43,18 +46,24 @@ def tradeoff_figure(grouped, out: Path, attack: str, mode: str, which: str, name
                     transform=ax.transAxes)
         else:
             ax.legend(fontsize=8)
-        ax.set_title("\n".join(textwrap.wrap(group_title(key), 48)), fontsize=9)
-        ax.set_xlabel(f"{attack} attack MSE ({mode}, {which}); higher = more private"
+        ax.set_title("\n".join(textwrap.wrap(mpl(group_title(key)), 48)), fontsize=9)
+        ax.set_xlabel(f"{mpl(attack)} attack MSE ({mode}, {which}); higher = more private"
                       + ("\nerror bars: ± sd over seeds" if any(c["n"] > 1 for c in cells.values()) else ""))
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(out) / name
-    fig.savefig(path, dpi=120)
+    return save(fig, Path(out) / name, dpi=120)
+
+
+def save(fig, path: Path, dpi: int) -> Path:
+    """Render to memory, then move a new file into place: never written through a planted symlink."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
     plt.close(fig)
-    return path
+    write_file_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 # train_log.csv columns drawn per run, each in its own small panel: (title, [(column, legend)]).
@@ -69,9 +78,11 @@ def _column(rows, key):
     pts = []
     for r in rows:
         try:
-            pts.append((float(r["epoch"]), float(r[key])))
+            x, y = float(r["epoch"]), float(r[key])
         except (KeyError, TypeError, ValueError):
             continue
+        if math.isfinite(x) and math.isfinite(y):  # a hand-made 'inf' would break the axis limits
+            pts.append((x, y))
     return tuple(zip(*pts)) if pts else ((), ())
 
 
@@ -97,8 +108,6 @@ def curves_figure(rows: list[dict], title: str, path: Path, empty: str = "not lo
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(mpl(title), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, Path(path), dpi=100)

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
+from tools.untrusted import csv_value, md
+from utils import write_file_atomic
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
                   "lambd", "var_threshold", "num_epochs", "defense", "at_strength", "view", "test_acc"]
@@ -53,13 +56,14 @@ def write_csv(runs, path: Path, which: str) -> None:
     order = sorted(range(len(runs)), key=lambda i: tuple(
         sort_key(runs[i][k]) for k in ("dataset", "arch", "cutlayer", "defense", "at_strength", "sigma", "lambd",
                                        "filename")))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CONFIG_COLUMNS + metric_cols)
-        for i in order:
-            r, sc = runs[i], flat[i]
-            w.writerow([("" if r[c] is None else r[c]) for c in CONFIG_COLUMNS]
-                       + [("" if sc.get(c) is None else sc[c]) for c in metric_cols])
+    f = io.StringIO(newline="")
+    w = csv.writer(f)  # quotes a value holding a comma, quote or newline: one run, one row
+    w.writerow(CONFIG_COLUMNS + metric_cols)
+    for i in order:
+        r, sc = runs[i], flat[i]
+        w.writerow([("" if r[c] is None else csv_value(r[c])) for c in CONFIG_COLUMNS]
+                   + [("" if sc.get(c) is None else sc[c]) for c in metric_cols])
+    write_file_atomic(path, f.getvalue().encode("utf-8"))
 
 
 def _sd(cell, key, spec) -> str:
@@ -83,7 +87,7 @@ def _attack_desc(runs, attack, mode):
                      if (attack, mode) in r["attacks"] and r["attacks"][(attack, mode)].get("epochs")})
     plural = "" if epochs == ["1"] else "s"
     parts = ([" or ".join(decoders)] if decoders else []) + ([f"{' or '.join(epochs)} epoch{plural}"] if epochs else [])
-    return f" ({', '.join(parts)})" if parts else ""
+    return f" ({md(', '.join(parts))})" if parts else ""
 
 
 def _baseline_text(runs, attack, mode) -> str:
@@ -102,7 +106,7 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
     out = []
     for key, runs in grouped:
         sigmas, lambdas, cells = cell_table(runs, attack, mode, which)
-        out.append(f"### {group_title(key)}\n")
+        out.append(f"### {md(group_title(key))}\n")
         out.append("| σ \\ λ | " + " | ".join(f"λ={fmt_g(l)}" for l in lambdas) + " |")
         out.append("|---" * (len(lambdas) + 1) + "|")
         for s in sigmas:
@@ -111,7 +115,7 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
         base = _baseline_text(runs, attack, mode)
         if base:
             out.append(base + "\n")
-        out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {attack} attack"
+        out.append(f"Cell: test accuracy (%) / MSE / SSIM / PSNR (dB) of the {md(attack)} attack"
                    f"{_attack_desc(runs, attack, mode)}, {mode} mode, {which_text}, means over the "
                    f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
                    f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run. "
@@ -130,8 +134,8 @@ def comparison(grouped, mode: str, which: str) -> str:
         tables = {a: cell_table(runs, a, mode, which) for a in names}
         sigmas, lambdas, _ = tables[names[0]]
         rows = sorted({k for a in names for k in tables[a][2]}, key=lambda k: (sort_key(k[0]), sort_key(k[1])))
-        out.append(f"### {group_title(key)}: attacks side by side ({mode})\n")
-        out.append("| σ | λ | accuracy | " + " | ".join(f"{a} MSE / SSIM / PSNR" for a in names) + " |")
+        out.append(f"### {md(group_title(key))}: attacks side by side ({mode})\n")
+        out.append("| σ | λ | accuracy | " + " | ".join(f"{md(a)} MSE / SSIM / PSNR" for a in names) + " |")
         out.append("|---" * (3 + len(names)) + "|")
         for s, l in rows:
             cells = [tables[a][2].get((s, l)) for a in names]
@@ -187,23 +191,25 @@ def run(args) -> list[Path]:
     grouped = groups(runs, args.attack)  # split by this attack's settings only, not by other attacks'
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
-    md = markdown(grouped, args.attack, args.mode, args.which)
+    text = markdown(grouped, args.attack, args.mode, args.which)
     side = comparison(groups(runs), args.mode, args.which)
-    md = md + ("\n" + side if side else "")
+    text = text + ("\n" + side if side else "")
     from tools.gain import gain_markdown
 
     gain = gain_markdown(grouped, args.attack, args.mode, args.which)
-    md_path.write_text(md + gain)
+    write_file_atomic(md_path, (text + gain).encode("utf-8"))
     # matplotlib is slow to import; only needed here
     from tools.html_report import write_html
     from tools.plot import tradeoff_figure
 
     png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
     summary = f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else "")
-    html_path = write_html(out, grouped, [(None, gain), ("Results per setting", md)], args.attack, args.mode,
-                           args.which, f"{summary} under {folder}; {args.attack} attack, {args.mode} mode, "
-                           f"{args.which} reconstructor.")
-    print(md + gain)
+    html_path, not_shown = write_html(out, grouped, [(None, gain), ("Results per setting", text)], args.attack,
+                                      args.mode, args.which, f"{summary} under {folder}; {args.attack} attack, "
+                                      f"{args.mode} mode, {args.which} reconstructor.", skipped=warnings)
+    for w in not_shown:
+        print(f"warning: {w}", file=sys.stderr)
+    print(text + gain)
     print(summary)
     for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")
