@@ -105,6 +105,11 @@ configure() {
     # Dropout / top-k change what is sent: score them as sent and as the published (noise-only) attacker.
     PRESET_EXTRA="--attack_view sent,noise_only"
   fi
+  if [[ $PRESET == published ]]; then
+    # The authors' run_exp.sh as published: every σ × λ with SCA_new at strength 0.3 (defenses/sca.py).
+    DEFENSES=SCA_new AT_STRENGTHS=0.3 SIGMAS="0.01 0.025 0.05 0.1 0.15" LAMBDAS="0 8 16"
+    FOLDER=./runs/cifar10_published
+  fi
   if [[ $QUICK == 1 ]]; then
     SIGMAS=$QUICK_SIGMAS LAMBDAS=$QUICK_LAMBDAS EPOCHS=$QUICK_EPOCHS ATTACK_EPOCHS=$QUICK_ATTACK_EPOCHS
     BATCH=$QUICK_BATCH LR=$QUICK_LR FOLDER=$QUICK_FOLDER
@@ -178,9 +183,11 @@ validate() {
 }
 
 cd "$(dirname "${BASH_SOURCE[0]}")" || die "cannot enter the repository folder"
-[[ -z $PRESET || $PRESET == defenses ]] || die "unknown --preset '$PRESET'; the one preset is 'defenses'"
+[[ -z $PRESET || $PRESET == defenses || $PRESET == published ]] || die "unknown --preset '$PRESET'; the presets are 'defenses' and 'published'"
 [[ $PRESET == defenses && $QUICK == 1 ]] && die "--preset defenses and --quick do not combine; use --preset defenses with --epochs/--extra to shrink it"
 [[ $PRESET == defenses ]] && ! is_set FLAG_DATASETS && ! is_set ENV_DATASETS && FLAG_DATASETS=cifar10
+[[ $PRESET == published && $QUICK == 1 ]] && die "--preset published and --quick do not combine; use --preset published with --epochs/--extra to shrink it"
+[[ $PRESET == published ]] && ! is_set FLAG_DATASETS && ! is_set ENV_DATASETS && FLAG_DATASETS=cifar10
 
 # Datasets: an explicit choice wins; --quick otherwise prefers CIFAR-10 and falls back to digits.
 if is_set FLAG_DATASETS; then DATASETS=$FLAG_DATASETS

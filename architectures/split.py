@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -114,12 +114,16 @@ def _named_trunk(arch: str, cutlayer: int, extra_device_layer: bool):
 
 def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: int = 32,
                       bottleneck_option: Optional[str] = "None",
-                      extra_device_layer: bool = False) -> SplitModel:
+                      extra_device_layer: bool = False,
+                      device_tail: Optional[Callable[[Sequence[int]], nn.Module]] = None) -> SplitModel:
     """Build `arch` cut after layer `cutlayer` (1-based; max-pools count as VGG layers).
 
     Sigmoid-terminated archs (`*_sgm`, `resnet20`) always end the encoder with a Sigmoid; others end
     with BatchNorm over the bottleneck channels when a bottleneck is used, else where the cut falls.
     `extra_device_layer` adds PATROL's extra device-side layer (DESIGN.md §5; VGG only from cut 2).
+    `device_tail(shape)` builds a layer for the bottleneck's (C, H, W) output that runs right after it,
+    before the final Sigmoid / BatchNorm (encoder key `tail`): SCA's sparse-coding layer
+    (defenses/sca.py), where the published models put it. It needs a bottleneck.
     """
     _check_arch(arch)
     top = max_cutlayer(arch)
@@ -152,6 +156,12 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
         device_bn, server_bn = build_bottleneck(spec, cut_shape[0], cut_shape[1:])
         enc["bottleneck"] = device_bn
         srv["bottleneck"] = server_bn
+        if device_tail is not None:
+            with torch.device("meta"):  # the bottleneck's output shape, again from a parameter-free twin
+                twin_bn = build_bottleneck(spec, cut_shape[0], cut_shape[1:])[0]
+            enc["tail"] = device_tail(_dry_shape(nn.Sequential(*twin[:n_device], twin_bn), image_size, what, "meta"))
+    elif device_tail is not None:
+        raise UserError("this device layer (SCA) sits after the bottleneck: give a --bottleneck_option")
     if sigmoid:
         enc["sigmoid"] = nn.Sigmoid()
     elif spec is not None:

@@ -12,7 +12,7 @@ _EXPORTS = {
     "lambda_eff": "cem", "GaussianNoise": "noise", "ATOptions": "at_options", "at_options": "at_options",
     "parse_at_options": "at_options", "AT_BUILDERS": "registry", "BuildContext": "registry",
     "register_at": "registry", "build_defenses": "build", "extra_device_layer": "build",
-    "cem_clusters": "build",
+    "cem_clusters": "build", "device_tail": "sca",
 }
 __all__ = sorted(_EXPORTS)
 

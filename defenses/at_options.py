@@ -1,7 +1,7 @@
 """`--AT_regularization` text -> which of the paper's extra defences are on (DESIGN.md §5).
 
 The paper scripts combine options in one string (`gan_adv_step1_pruning180`, `dropout0.2`,
-`topkprune0.5`, `local_dp`, `local_dp_laplace`, `nopeek`), and `--AT_regularization_strength` 0
+`topkprune0.5`, `local_dp`, `local_dp_laplace`, `nopeek`, `SCA_new`), and `--AT_regularization_strength` 0
 turns all of them off. The paper code finds each option by substring search; here the string is
 read token by token, so text that is not an option, a repeated option or a value out of range is
 an error instead of being ignored. Defaults are the published ones: `gan_adv` alone takes 3 steps
@@ -33,9 +33,10 @@ _TOKENS = (
     ("pruning", re.compile(r"pruning([-+]?\d+)?")),
     ("local_dp", re.compile(r"local_dp(?:_(gaussian|laplace))?")),
     ("nopeek", re.compile(r"nopeek")),
+    ("sca", re.compile(r"SCA(?:_new)?")),  # the published run_exp.sh's SCA_new; SCA is the same layer
 )
 AT_GRAMMAR = ("gan_adv[_stepN], dropoutP, topkpruneP, pruningE, local_dp (= local_dp_gaussian), local_dp_laplace, "
-              "nopeek, joined by '_' (e.g. gan_adv_step1_pruning180), or None")
+              "nopeek, SCA_new (= SCA), joined by '_' (e.g. gan_adv_step1_pruning180), or None")
 GAN_ADV_DEFAULT_STEPS = 3  # decoder steps per batch when `_stepN` is absent, as published
 # What the option text means. 2: the published defaults (local_dp Gaussian; z -> noise -> local DP ->
 # dropout -> top-k; nopeek weight 0.1*s, x10 on CIFAR-10; gan_adv 3 steps). A run config without
@@ -60,6 +61,7 @@ class ATOptions:
     local_dp: Optional[str] = None          # "gaussian" or "laplace"; epsilon = strength
     nopeek: bool = False
     pruning_epoch: Optional[int] = None     # PATROL: prune at this epoch
+    sca: bool = False                       # SCA_new: the sparse-coding layer in the encoder (defenses/sca.py)
     ignored: tuple = field(default=())      # options named but switched off by strength 0
     version: int = AT_VERSION               # what the text meant when the run was made (AT_VERSION)
 
@@ -68,7 +70,8 @@ class ATOptions:
         top-k, as published; under version 1 local DP came last."""
         on = [("local_dp", self.local_dp is not None), ("dropout", self.dropout is not None),
               ("topkprune", self.topk is not None), ("nopeek", self.nopeek),
-              ("gan_adv", self.gan_adv_steps is not None), ("pruning", self.pruning_epoch is not None)]
+              ("gan_adv", self.gan_adv_steps is not None), ("pruning", self.pruning_epoch is not None),
+              ("sca", self.sca)]
         if self.version == LEGACY_AT_VERSION:
             on = on[1:3] + on[:1] + on[3:]
         return [name for name, flag in on if flag]
@@ -154,7 +157,8 @@ def parse_at_options(text, strength=0.0, version: int = AT_VERSION) -> ATOptions
         return ATOptions(text=text, strength=0.0, ignored=tuple(found), version=version)
     return ATOptions(text=text, strength=strength, gan_adv_steps=found.get("gan_adv"),
                      dropout=found.get("dropout"), topk=found.get("topkprune"), local_dp=found.get("local_dp"),
-                     nopeek=bool(found.get("nopeek")), pruning_epoch=found.get("pruning"), version=version)
+                     nopeek=bool(found.get("nopeek")), pruning_epoch=found.get("pruning"), sca=bool(found.get("sca")),
+                     version=version)
 
 
 def at_options(cfg: dict, warn: bool = True) -> ATOptions:

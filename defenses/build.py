@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 
-from defenses import adversarial, nopeek, obfuscation, pruning  # noqa: F401 (register their --AT_regularization builders)
+from defenses import adversarial, nopeek, obfuscation, pruning, sca  # noqa: F401 (register their --AT_regularization builders)
 from defenses.at_options import at_options
 from defenses.base import DefenseStack
 from defenses.cem import CEM

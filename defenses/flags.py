@@ -41,7 +41,9 @@ def add_at_flags(group) -> None:
                             "entries per sample), local_dp (Gaussian noise of std sqrt(2 ln(1.25/delta))/epsilon, "
                             "delta 1e-4, epsilon = strength; local_dp_gaussian is the same option, kept so old "
                             "commands parse; Laplace before --AT_version 2), local_dp_laplace (Laplace noise of "
-                            "scale 1/epsilon), nopeek (distance correlation), pruningE (PATROL at epoch E); "
+                            "scale 1/epsilon), nopeek (distance correlation), pruningE (PATROL at epoch E), "
+                            "SCA_new (the published sparse-coding layer after the bottleneck, part of the encoder; "
+                            "the strength only switches it on); "
                             "sent features: z -> noise -> local DP -> dropout -> top-k; e.g. "
                             "gan_adv_step1_pruning180 (default: %(default)s)")
     group.add_argument("--AT_regularization_strength", type=float, default=0.0,

@@ -23,13 +23,14 @@ def _load_everything(cfg: dict, device):
     """Data, model and defences for a config; every user mistake becomes a UserError."""
     from architectures import build_split_model
     from datasets import load_dataset
-    from defenses import build_defenses, extra_device_layer
+    from defenses import build_defenses, device_tail, extra_device_layer
 
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on=cfg["select_on"], seed=cfg["random_seed"],
                           limit_train=cfg.get("limit_train"), limit_test=cfg.get("limit_test"),
                           num_classes=cfg.get("num_classes"))
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), bundle.num_classes, bundle.image_size,
-                              cfg["bottleneck_option"], extra_device_layer=extra_device_layer(cfg))
+                              cfg["bottleneck_option"], extra_device_layer=extra_device_layer(cfg),
+                              device_tail=device_tail(cfg))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train), feature_shape=tuple(model.feature_shape),

@@ -86,10 +86,10 @@ def model_from_checkpoint(cfg: dict, num_classes: int, image_size: int, ck: dict
     partially loaded model.
     """
     from architectures import build_split_model, load_split_state
-    from defenses import extra_device_layer
+    from defenses import device_tail, extra_device_layer
 
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), num_classes, image_size, cfg["bottleneck_option"],
-                              extra_device_layer=extra_device_layer(cfg)).to(device)
+                              extra_device_layer=extra_device_layer(cfg), device_tail=device_tail(cfg)).to(device)
     try:
         load_split_state(model, ck)  # PATROL: first gives the model the checkpoint's pruned shapes
     except UserError as e:

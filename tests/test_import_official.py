@@ -143,15 +143,34 @@ def test_missing_file_and_wrong_epoch(tmp_path):
     one_error_line(cli(tmp_path / "nowhere", "--dataset", "cifar10"), "does not exist")
 
 
-def test_sca_checkpoint_is_refused(tmp_path):
-    config = "a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1"
+@pytest.mark.parametrize("config", ["a_cifar10_vgg11_bn_sgm_cut4_noRELU_C8S1",
+                                    "d_tinyimagenet_resnet20_cut5_noRELU_C8S1"])
+def test_sca_import_reproduces_the_published_sca_encoder(config, tmp_path):
+    from lifecycle.trained_run import load_trained_run
+    from tools.import_official import build_parser, import_official
+
     layout = _layout(f"{config}__SCA")
-    files, _ = generate_weights(layout)
-    (tmp_path / "sca").mkdir()
+    s = layout["settings"]
+    files, x = generate_weights(layout)
+    ckpt = tmp_path / RUN_NAME.replace("ATstrength_0", "ATstrength_0.3")
+    ckpt.mkdir()
     for stem, _ in PARTS:
-        torch.save(files[stem], tmp_path / "sca" / f"{stem}_best.tar")
-    one_error_line(cli(tmp_path / "sca", "--dataset", "cifar10", "--regularization_strength", "0.025"),
-                   "SCA", "'9.W'", "not supported")
+        torch.save(files[stem], ckpt / f"{stem}_best.tar")
+    args = build_parser().parse_args([str(ckpt), "--dataset", fake_npz(tmp_path, s["num_class"], s["image_size"]),
+                                      "--data_root", str(tmp_path), "--limit_test", "8", "--arch", s["arch"],
+                                      "--cutlayer", str(s["cutlayer"]), "--folder", str(tmp_path / "runs"),
+                                      "--filename", "imp", "--device", "cpu"])
+    metrics = import_official(args, progress=False)
+    assert metrics["imported_from"]["variant"] == "SCA"
+    cfg = json.loads((tmp_path / "runs" / "imp" / "config.json").read_text())
+    assert (cfg["AT_regularization"], cfg["AT_regularization_strength"]) == ("SCA_new", 0.3)
+    tr = load_trained_run(tmp_path / "runs" / "imp", device="cpu")  # rebuilt with its SCA layer, strictly
+    golden = json.loads((REPO / "tests" / "fixtures" / "golden_sca.json").read_text())
+    ref = next(e for e in golden["encoders"] if e["config"] == config)["z"]
+    with torch.no_grad():
+        z = tr.model.encoder(x).double()
+    assert list(z.shape) == ref["shape"] and z.abs().sum().item() == pytest.approx(ref["abs_sum"], rel=1e-5)
+    assert torch.allclose(z.flatten()[:64], torch.tensor(ref["head"], dtype=torch.float64), rtol=1e-5, atol=1e-6)
 
 
 class Evil:

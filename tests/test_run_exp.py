@@ -246,6 +246,22 @@ def test_defenses_sweep_dimension_and_preset(tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
+
+def test_published_preset_is_the_authors_sca_sweep(tmp_path):
+    # the authors' run_exp.sh: cifar10, vgg11_bn_sgm cut 4 noRELU_C8S1, SCA_new 0.3, 5 sigmas x 3 lambdas
+    cmds = commands(sh("--dry-run", "--preset", "published", tmp=tmp_path))
+    assert len(cmds) == 15 and len({flag(c, "--filename") for c in cmds}) == 15
+    grid = {(flag(c, "--regularization_strength"), flag(c, "--lambd")) for c in cmds}
+    assert grid == {(s, lam) for s in ("0.01", "0.025", "0.05", "0.1", "0.15") for lam in ("0", "8", "16")}
+    for name, value in (("--AT_regularization", "SCA_new"), ("--AT_regularization_strength", "0.3"),
+                        ("--dataset", "cifar10"), ("--arch", "vgg11_bn_sgm"), ("--cutlayer", "4"),
+                        ("--bottleneck_option", "noRELU_C8S1"), ("--learning_rate", "0.05"), ("--num_epochs", "240"),
+                        ("--batch_size", "128"), ("--attack_epochs", "50"), ("--gan_AE_type", "res_normN8C64"),
+                        ("--random_seed", "125"), ("--var_threshold", "0.125")):
+        assert {flag(c, name) for c in cmds} == {value}, name
+    r = sh("--dry-run", "--preset", "published", "--quick", tmp=tmp_path)
+    assert r.returncode == 2 and "do not combine" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
 FAKE_EXPERIMENT = r'''
 # Stand-in for lifecycle/experiment.py: the real main_MIA.py and run identity, no training.
 import json, os, sys, time

@@ -102,6 +102,9 @@ def build_config(args, from_name: dict, variant: str = "plain") -> dict:
                limit_test=args.limit_test, AT_regularization="None", AT_regularization_strength=0.0)
     if variant == "PATROL":  # its extra device layer and pruned shapes are part of the model
         cfg["AT_regularization"], cfg["AT_regularization_strength"] = patrol_options(args.ckpt_dir, from_name)
+    if variant == "SCA":  # its sparse-coding layer is part of the encoder; the strength only switches it on
+        cfg["AT_regularization"] = "SCA_new"
+        cfg["AT_regularization_strength"] = float(from_name.get("AT_regularization_strength") or 0.3)
     cfg["filename"] = args.filename or _safe(f"official_{args.dataset}_{Path(args.ckpt_dir).resolve().name}"
                                              + ("" if args.epoch == "best" else f"_epoch{args.epoch}"))
     return cfg
@@ -112,7 +115,7 @@ def import_official(args, progress: bool = True) -> dict:
     from architectures import build_split_model
     from architectures.restore import architecture_record
     from datasets import load_dataset
-    from defenses import build_defenses
+    from defenses import build_defenses, device_tail
     from lifecycle.run_folder import Run
     from model_training import Trainer, TrainSettings
 
@@ -120,10 +123,7 @@ def import_official(args, progress: bool = True) -> dict:
     files, kinds = {}, {}
     for stem, path in paths.items():
         kinds[stem], files[stem] = read_published_file(path)
-    variant, why = detect_variant(kinds["checkpoint_f"], files["checkpoint_f"])
-    if variant == "SCA":
-        raise UserError(f"'{args.ckpt_dir}' is an SCA run ({why}); importing SCA models is not supported yet: "
-                        "import a plain run (no SCA in its --AT_regularization)")
+    variant, _ = detect_variant(kinds["checkpoint_f"], files["checkpoint_f"])
     cfg = build_config(args, settings_from_name(Path(args.ckpt_dir).resolve().name), variant)
     run_dir = Path(cfg["folder"]) / cfg["filename"]
     if run_dir.exists() and any(run_dir.iterdir()) and not args.force:
@@ -133,7 +133,8 @@ def import_official(args, progress: bool = True) -> dict:
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on="test", seed=cfg["random_seed"],
                           limit_test=cfg.get("limit_test"))
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), bundle.num_classes, bundle.image_size,
-                              cfg["bottleneck_option"], extra_device_layer=variant == "PATROL")
+                              cfg["bottleneck_option"], extra_device_layer=variant == "PATROL",
+                              device_tail=device_tail(cfg))
     if variant == "PATROL":
         _take_published_shapes(model, files["checkpoint_f"])
     mapping = load_published(model, files)
