@@ -196,6 +196,17 @@ def disk_full(err: BaseException) -> bool:
     return False
 
 
+def resolve_path(spec: str, data_root, what: str) -> Path:
+    """A data path as given, else under --data_root (npz files, image folders)."""
+    p = Path(spec).expanduser()
+    candidates = [p] if p.is_absolute() or data_root is None else [p, Path(data_root).expanduser() / p]
+    for c in candidates:
+        if c.exists():
+            return c
+    raise UserError(f"{what} '{spec}' not found (looked in: {', '.join(str(c) for c in candidates)}); "
+                    "check the path")
+
+
 def write_file_atomic(path: str | Path, data: bytes) -> None:
     """Replace `path` with a new regular file holding `data`: a symlink at `path` is replaced, never
     written through, so writing into a folder someone else prepared cannot reach a file outside it."""

@@ -14,23 +14,13 @@ from typing import Optional
 
 import numpy as np
 
-from utils import UserError
+from utils import UserError, resolve_path
 
 from .base import RawData, TensorSplit, class_names_or_none, generator, images_from_array, split_fraction
 from .imagefiles import class_dirs, list_class_tree, read_images
 
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
-
-
-def resolve_path(spec: str, data_root, what: str) -> Path:
-    p = Path(spec).expanduser()
-    candidates = [p] if p.is_absolute() or data_root is None else [p, Path(data_root).expanduser() / p]
-    for c in candidates:
-        if c.exists():
-            return c
-    raise UserError(f"{what} '{spec}' not found (looked in: {', '.join(str(c) for c in candidates)}); "
-                    "check the path")
 
 
 def read_npz(path: Path) -> tuple[TensorSplit, Optional[list]]:

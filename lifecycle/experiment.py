@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from lifecycle.data_files import npz_paths, record
 from lifecycle.flags import DEFAULT_DATA_ROOT, check_recorded
 from lifecycle.identity import attack_keys, default_filename, identity
 from lifecycle.results import todo
@@ -97,6 +98,8 @@ def _train_and_attack(cfg: dict, run: Run, progress: bool, stop_after: Optional[
                  image_size=bundle.image_size, n_train=len(bundle.train),
                  n_val=len(bundle.val) if bundle.val is not None else 0, n_test=len(bundle.test),
                  feature_shape=list(model.feature_shape), identity=identity(cfg))
+    if npz_paths(cfg):  # the files' contents, so that new contents at the same path are no finished run
+        saved["data_files"] = record(cfg)
     write_json(run.config_path, saved)
     for n in notes:
         run.log(f"note: {n}")

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from lifecycle.data_files import changed
 from lifecycle.identity import identity, identity_differences
 from lifecycle.results import attack_state
 from utils import UserError, read_json
@@ -69,6 +70,10 @@ class Run:
         if diff:
             return "conflict", (f"{self.dir} holds another configuration (differs in: {'; '.join(diff)}); "
                                 "use another --filename (or the default name), or --force to overwrite it")
+        data = changed(self.config().get("data_files"), cfg)
+        if data:
+            return "conflict", (f"{self.dir} was trained on other data: {data}; use --force to train again on the "
+                                "new contents, or another --filename")
         metrics = self.metrics()
         if "train" not in metrics:
             return ("resume" if self.last_ckpt.exists() else "new"), ""

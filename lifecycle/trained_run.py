@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 
+from lifecycle.data_files import changed
 from lifecycle.flags import check_recorded
 from utils import UserError, load_checkpoint, read_json, resolve_device
 
@@ -130,6 +131,10 @@ def load_trained_run(run_dir, overrides: Optional[dict] = None, device=None) -> 
     if cfg["arch"] not in ARCHITECTURES:  # before loading data: say the config is the problem
         raise UserError(f"{run_dir / 'config.json'} names unknown arch {cfg['arch']!r} (known: "
                         f"{', '.join(ARCHITECTURES)}); the run comes from another version or project")
+    data = changed(cfg.get("data_files"), cfg)
+    if data:
+        raise UserError(f"{run_dir} was trained on other data: {data}; attacking it would score other images "
+                        "(restore the file, or retrain the run)")
     bundle = load_dataset(cfg["dataset"], cfg["data_root"], select_on=cfg.get("select_on", "val"),
                           seed=cfg["random_seed"], limit_train=cfg.get("limit_train"),
                           limit_test=cfg.get("limit_test"), num_classes=cfg.get("num_classes"))

@@ -25,7 +25,7 @@ AXES = ("regularization_strength", "lambd", "random_seed",
         "AT_regularization", "AT_regularization_strength")  # the last two: the title's defence, strength
 # config.json entries derived from the data or the machine: no part of an identity.
 DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_val", "n_test", "feature_shape",
-                          "identity", "device"})
+                          "identity", "device", "data_files"})
 
 
 def _num(x):
