@@ -76,6 +76,23 @@ def reshape_to(model: SplitModel, shapes: Dict[str, list]) -> None:
         _sync_attributes(mod)
 
 
+def check_tensors(model, state: dict) -> None:
+    """load_state_dict casts what it copies: integer, half-precision or NaN weights would load silently
+    and be attacked as if they were the trained model. A run saves its own dtypes, all finite."""
+    import torch
+
+    own = model.state_dict()
+    for k, v in state.items():
+        want = own.get(k)
+        if not isinstance(v, torch.Tensor) or want is None:
+            continue  # strict loading names missing, unexpected and non-tensor entries
+        if v.dtype != want.dtype:
+            raise UserError(f"{k} is {str(v.dtype).removeprefix('torch.')}, the model's is "
+                            f"{str(want.dtype).removeprefix('torch.')}: not a checkpoint this project saved")
+        if v.is_floating_point() and v.shape == want.shape and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{k} holds NaN or infinite values: a diverged or damaged model, not one to attack")
+
+
 def load_split_state(model: SplitModel, ck: dict) -> None:
     """Loads a checkpoint dict ({"model": state_dict, "architecture": record}) strictly into `model`.
 
@@ -88,6 +105,7 @@ def load_split_state(model: SplitModel, ck: dict) -> None:
                         + ("does not" if record.get("extra_device_layer") else "has it")
                         + " (--AT_regularization pruningE)")
     reshape_to(model, record.get("shapes", {}))
+    check_tensors(model, ck["model"])
     try:
         model.load_state_dict(ck["model"], strict=True)
     except RuntimeError as e:

@@ -76,6 +76,8 @@ def read_checkpoint(path, device) -> dict:
     ck = load_checkpoint(path, device, fix="retrain the run, or get it again from a source you trust")
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
         raise UserError(f"{path} is not a checkpoint of this project (no 'model' state dict); retrain the run")
+    if isinstance(ck.get("epoch", 0), bool) or not isinstance(ck.get("epoch", 0), int):
+        raise UserError(f"{path} records epoch {ck.get('epoch')!r}, not a number of epochs; retrain the run")
     return ck
 
 

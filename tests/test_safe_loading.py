@@ -105,3 +105,50 @@ def test_pickled_module_is_refused_by_name(tmp_path):
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
     with pytest.raises(UnsafeCheckpoint, match=r"module\.pt holds pickled Python objects \(torch\.nn\.modules"):
         load_checkpoint(tmp_path / "module.pt")
+
+
+def _with_weights(run: Path, change) -> None:
+    path = run / "checkpoints" / "best.pt"
+    ck = torch.load(path, weights_only=True)
+    first = next(k for k, v in ck["model"].items() if v.is_floating_point())
+    ck["model"][first] = change(ck["model"][first])
+    torch.save(ck, path)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda w: w.to(torch.int64), "is int64, the model's is float32"),      # load_state_dict would cast these
+    (lambda w: w.half(), "is float16, the model's is float32"),
+    (lambda w: torch.full_like(w, float("nan")), "holds NaN or infinite values"),
+    (lambda w: torch.zeros(1).expand(10**6, 10**6), "size mismatch"),       # declared 10^12 floats, 4 bytes stored
+])
+def test_weights_of_another_kind_are_refused_not_cast(change, needle, copy_run, capsys):
+    import run_gan_attack
+
+    _, run = copy_run
+    _with_weights(run, change)
+    assert run_gan_attack.main([str(run), "--device", "cpu", "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_a_storage_declared_far_larger_than_its_bytes_is_refused_unallocated(tmp_path):
+    """The pickle says how many elements a storage has; a file that declares 2^31 floats (8 GiB) for 300
+    stored is refused before anything that size is allocated."""
+    import io
+    import struct
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.arange(300, dtype=torch.float32)}}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    pkl = next(n for n in src.namelist() if n.endswith("data.pkl"))
+    data = src.read(pkl)
+    at = data.find(b"M" + struct.pack("<H", 300))  # BININT2 300: the storage's element count
+    assert at > 0
+    forged = data[:at] + b"J" + struct.pack("<i", 2**31 - 1) + data[at + 3:]
+    path = tmp_path / "huge.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as out:
+        for n in src.namelist():
+            out.writestr(n, forged if n == pkl else src.read(n))
+    with pytest.raises(UserError, match="empty, truncated or not a torch checkpoint"):
+        load_checkpoint(path)
