@@ -35,15 +35,28 @@ def list_class_tree(root: Path, classes: Sequence[str], sub: str = "") -> tuple[
     return files, labels
 
 
+# Modes Pillow turns into 8-bit RGB faithfully. 16-bit and float images (I, I;16, F) would be clipped at
+# 255 (mostly white), LAB/HSV converted channel by channel as if they were RGB: refused, not guessed.
+RGB_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+# A decoded image of this many pixels is 200 MB of RGB; a decompression bomb declares far more in a few kB.
+MAX_PIXELS = 64 * 2**20
+
+
 def _read_one(path: Path, size: Optional[int]) -> np.ndarray:
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only: size and mode are known before decoding
+            if im.width * im.height > MAX_PIXELS:
+                raise UserError(f"image '{path}' declares {im.width}x{im.height} pixels, more than {MAX_PIXELS:,} "
+                                "(a decompression bomb, or far larger than any training image); remove or shrink it")
+            if im.mode not in RGB_MODES:
+                raise UserError(f"image '{path}' is in mode {im.mode} (16-bit, float or another colour space), which "
+                                "would not become the same 8-bit RGB picture; convert it to 8-bit RGB first")
             im = im.convert("RGB")
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image '{path}' ({e}); remove or replace the file") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as e:
+        raise UserError(f"cannot read image '{path}' ({str(e)[:160]}); remove or replace the file") from None
 
 
 def read_images(files: Sequence[Path], size: Optional[int] = None) -> np.ndarray:

@@ -335,3 +335,40 @@ def test_cifar_torchvision_layout_is_converted(tmp_path, monkeypatch):
     assert (len(b.train), len(b.test), b.class_names[3]) == (20, 10, "c3")
     ref = FakeCIFAR(None, True, False).data
     assert torch.equal(b.train.x, torch.from_numpy(ref).permute(0, 3, 1, 2))
+
+
+def _bomb_png(path, side=20000):
+    """A grey PNG whose header declares side² pixels, in a few hundred kB (zeros compress to nothing)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(b"\x00" * (side + 1)) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_hostile_or_lossy_images_are_refused_by_name(tmp_path):
+    from datasets.imagefiles import read_images
+
+    _bomb_png(tmp_path / "bomb.png", 9000)  # 81M pixels: under Pillow's own error limit, over ours
+    with pytest.raises(UserError, match="declares 9000x9000 pixels"):
+        read_images([tmp_path / "bomb.png"])
+    deep = Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60))  # 16-bit, up to 61k
+    deep.save(tmp_path / "deep.png")
+    with pytest.raises(UserError, match="mode I"):
+        read_images([tmp_path / "deep.png"])
+
+
+@pytest.mark.parametrize("mode", ["P", "LA", "L", "CMYK", "RGBA"])
+def test_other_8bit_modes_read_as_their_rgb(tmp_path, mode):
+    from datasets.imagefiles import read_images
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    im.save(path)
+    with Image.open(path) as again:
+        want = np.asarray(again.convert("RGB"))
+    assert np.array_equal(read_images([path])[0], want)
