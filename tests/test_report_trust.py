@@ -171,3 +171,16 @@ def test_a_fifo_in_the_folder_is_skipped_not_waited_on(tmp_path, capsys):
     os.mkfifo(root / "fifo" / "metrics.json")
     assert report.main([str(root)]) == 0
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_bomb_or_foreign_grid_is_not_decoded_or_copied(tmp_path, capsys):
+    from test_datasets import _bomb_png
+
+    root = tmp_path / "runs"
+    write_run(root, 0.05, 0.0, 125, 30.0, {"decoder": 0.1})
+    run = write_run(root, 0.05, 16.0, 125, 29.0, {"decoder": 0.2})
+    _bomb_png(run / "images" / "decoder_train_time.png", 5000)  # 25M pixels in ~25 kB
+    assert report.main([str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "5000×5000 pixels, far more than a grid" in err
+    assert not any(p.stat().st_size > 1_000_000 for p in (root / "report_files").rglob("*.png"))
