@@ -74,6 +74,9 @@ def add_at_flags(group) -> None:
                             "(rebuild), or keep the published code's optimizer, which still holds the replaced "
                             "pre-pruning tensors, so every pruned layer (and the layer after it) stops training "
                             "(published) (default: %(default)s)")
+    group.add_argument("--gan_adv_init", default="default", choices=["default", "xavier"],
+                       help="gan_adv: the defender decoder's initialisation: PyTorch's default, or the published "
+                            "Xavier-uniform weights with zero biases (default: %(default)s)")
 
 
 def add_defence_flags(group) -> None:

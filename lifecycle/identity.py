@@ -39,6 +39,27 @@ NOT_RESULT_KEYS = frozenset({
     "checkpoint_every",
 })
 
+# Switches to the published code's behaviour (issue 27), added after run folders existed. At their
+# default (ours) they are left out of identities and attack keys, so those folders keep their identity
+# and are not redone; any other value counts like every other setting.
+PUBLISHED_SWITCHES = frozenset({
+    "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def switch_defaults() -> dict:
+    from lifecycle.flags import build_parser
+
+    return {a.dest: a.default for a in build_parser()._actions if a.dest in PUBLISHED_SWITCHES}
+
+
+def counts(key: str, value) -> bool:
+    """Whether `key` = `value` is part of an identity (see PUBLISHED_SWITCHES)."""
+    if key in NOT_RESULT_KEYS:
+        return False
+    return key not in PUBLISHED_SWITCHES or value not in (None, switch_defaults().get(key))
+
 
 @functools.lru_cache(maxsize=1)
 def attack_keys() -> frozenset:
@@ -59,7 +80,7 @@ def plain(v):
 
 def identity(cfg: dict) -> dict:
     attack = attack_keys()
-    keys = sorted(k for k in cfg if k not in NOT_RESULT_KEYS)
+    keys = sorted(k for k in cfg if counts(k, cfg[k]))
     return {"format": RESULTS_FORMAT,
             "train": {k: plain(cfg[k]) for k in keys if k not in attack},
             "attack": {k: plain(cfg[k]) for k in keys if k in attack}}

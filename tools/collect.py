@@ -13,7 +13,7 @@ from lifecycle.results import SENT, entries
 from tools.stats import sd
 from utils import NotStrictJSON, read_json
 
-METRICS = ("mse", "ssim", "ssim_lib", "psnr")
+METRICS = ("mse", "ssim", "ssim_lib", "psnr", "psnr_batch")  # psnr_batch: the published batch-wise PSNR
 # Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
 # differ in anything but σ and λ (the table's axes) and the seed (averaged in a cell) never share a
 # table, and the title names any other setting that differs between tables. `view`: what the attacker's
