@@ -68,5 +68,6 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> Defe
                          num_classes=num_classes, n_train=n_train, k=cem_clusters(cfg["arch"]),
                          log_entropy=bool(int(cfg.get("log_entropy", 1))), lr_coupling=coupling,
                          seed=int(cfg.get("random_seed", 0)), compile=bool(cfg.get("compile", True)),
-                         refresh_aug=bool(int(cfg.get("cem_refresh_aug", 1)))))
+                         refresh_aug=bool(int(cfg.get("cem_refresh_aug", 1))),
+                         stats=str(cfg.get("cem_stats") or "own")))
     return DefenseStack(stack)

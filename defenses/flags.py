@@ -30,6 +30,10 @@ def add_cem_flags(group) -> None:
     group.add_argument("--cem_refresh_aug", type=int, default=1, choices=[0, 1],
                        help="1: fit CEM's per-class mixture after each epoch on augmented training images, as "
                             "the paper code; 0: on un-augmented ones (default: %(default)s)")
+    group.add_argument("--cem_stats", default="own", choices=["own", "published"],
+                       help="stored variance and weight in each class term of the CEM loss: the class's own "
+                            "(own), or the published code's lookup by the sample's position in the label-sorted "
+                            "batch, so most terms use another class's (published) (default: %(default)s)")
 
 
 def add_at_flags(group) -> None:

@@ -15,7 +15,7 @@ from datasets.base import TensorSplit
 from lifecycle.identity import PUBLISHED_SWITCHES, identity
 from lifecycle.results import attack_key
 
-PUBLISHED = {"attacker_data": "published", "decoder_heldout_bn": "train",
+PUBLISHED = {"cem_stats": "published", "attacker_data": "published", "decoder_heldout_bn": "train",
              "gan_adv_init": "xavier", "gan_loop": "published"}
 
 
@@ -126,3 +126,14 @@ def test_gan_loop(loop):
         assert len(calls) == 2 and modes == [True, True, True, True]
     else:   # the critic's fakes from the generator in eval mode, the generator step on fresh noise
         assert len(calls) == 4 and modes == [False, True, False, True]
+
+
+def test_cem_stats_reaches_the_loss():
+    from defenses.build import build_defenses
+    from defenses.cem import CEM
+
+    def cem(**over):
+        (d,) = [d for d in build_defenses(cfg(**over), 10, 100).defenses if isinstance(d, CEM)]
+        return d
+
+    assert not cem().published_stats and cem(cem_stats="published").published_stats
