@@ -137,3 +137,23 @@ def test_cem_stats_reaches_the_loss():
         return d
 
     assert not cem().published_stats and cem(cem_stats="published").published_stats
+
+
+def test_paper_exact_sets_every_published_switch_and_later_flags_win():
+    from lifecycle.flags import PAPER_EXACT
+
+    pub = cfg(**vars(main_MIA.build_parser().parse_args(["--paper_exact", "--select_on", "val"])))
+    assert "paper_exact" not in pub and pub["select_on"] == "val"
+    assert all(pub[k] == v for k, v in PAPER_EXACT.items() if k != "select_on")
+    assert PUBLISHED_SWITCHES <= set(PAPER_EXACT)   # every switch of issue 27 is in the set
+
+
+def test_run_exp_paper_exact_runs_beside_ours(tmp_path):
+    from tests.test_run_exp import commands, sh
+
+    ours = commands(sh("--quick", "--dry-run", tmp=tmp_path))
+    pub = commands(sh("--quick", "--dry-run", "--paper_exact", tmp=tmp_path))
+    assert len(pub) == len(ours) == 2 and all("--paper_exact" in c for c in pub)
+    assert not any("--paper_exact" in c for c in ours)
+    names = lambda cmds: {c.split("--filename ")[1].split()[0] for c in cmds}  # noqa: E731
+    assert not names(ours) & names(pub)   # their own run folders, in the same --folder
