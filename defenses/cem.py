@@ -204,7 +204,7 @@ class CEM(Defense):
 
     def __init__(self, lambd, sigma, var_threshold, num_classes, n_train, k, log_entropy=True,
                  lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0, compile=True,
-                 refresh_aug=True, stats="own"):
+                 refresh_aug=True, stats="own", kmeans="ours"):
         self.lambd, self.sigma, self.var_threshold = float(lambd), float(sigma), float(var_threshold)
         self.num_classes, self.n_train, self.k = int(num_classes), int(n_train), int(k)
         self.log_entropy, self.lr_coupling, self.gamma = bool(log_entropy), lr_coupling, gamma
@@ -214,6 +214,9 @@ class CEM(Defense):
         if stats not in ("own", "published"):
             raise UserError(f"--cem_stats must be own or published (got '{stats}')")
         self.published_stats = stats == "published"
+        if kmeans not in ("ours", "published"):
+            raise UserError(f"--cem_kmeans must be ours or published (got '{kmeans}')")
+        self.published_kmeans = kmeans == "published"
         self.state: Optional[dict] = None  # centroids, variances, weights, valid
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
@@ -259,7 +262,8 @@ class CEM(Defense):
         gen = torch.Generator().manual_seed(self.seed + self.refreshes)
         init = None if self.state is None else self.state["centroids"]
         mu, var, w, valid = fit_class_kmeans(z, y, self.num_classes, self.k, init=init,
-                                             iters=self.kmeans_iters, generator=gen, info=self.kmeans_info)
+                                             iters=self.kmeans_iters, generator=gen, info=self.kmeans_info,
+                                             published=self.published_kmeans)
         self.state = {"centroids": mu, "variances": var, "weights": w, "valid": valid}
         self._prepare()
         self.refreshes += 1

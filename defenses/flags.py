@@ -30,6 +30,11 @@ def add_cem_flags(group) -> None:
     group.add_argument("--cem_refresh_aug", type=int, default=1, choices=[0, 1],
                        help="1: fit CEM's per-class mixture after each epoch on augmented training images, as "
                             "the paper code; 0: on un-augmented ones (default: %(default)s)")
+    group.add_argument("--cem_kmeans", default="ours", choices=["ours", "published"],
+                       help="CEM's mixture fit: ours (k-means++ seeding, empty clusters invalid, arrays aligned "
+                            "with clusters) or published (seeding proportional to the distance, empty clusters "
+                            "stay candidates, variances and weights compacted, alpha's dataset size = batches x "
+                            "batch size) (default: %(default)s)")
     group.add_argument("--cem_stats", default="own", choices=["own", "published"],
                        help="stored variance and weight in each class term of the CEM loss: the class's own "
                             "(own), or the published code's lookup by the sample's position in the label-sorted "

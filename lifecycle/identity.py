@@ -43,7 +43,7 @@ NOT_RESULT_KEYS = frozenset({
 # default (ours) they are left out of identities and attack keys, so those folders keep their identity
 # and are not redone; any other value counts like every other setting.
 PUBLISHED_SWITCHES = frozenset({
-    "cem_stats", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
+    "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
 })
 
 

@@ -15,8 +15,8 @@ from datasets.base import TensorSplit
 from lifecycle.identity import PUBLISHED_SWITCHES, identity
 from lifecycle.results import attack_key
 
-PUBLISHED = {"cem_stats": "published", "attacker_data": "published", "decoder_heldout_bn": "train",
-             "gan_adv_init": "xavier", "gan_loop": "published"}
+PUBLISHED = {"cem_stats": "published", "cem_kmeans": "published", "attacker_data": "published",
+             "decoder_heldout_bn": "train", "gan_adv_init": "xavier", "gan_loop": "published"}
 
 
 def cfg(**over):
@@ -133,10 +133,13 @@ def test_cem_stats_reaches_the_loss():
     from defenses.cem import CEM
 
     def cem(**over):
-        (d,) = [d for d in build_defenses(cfg(**over), 10, 100).defenses if isinstance(d, CEM)]
+        (d,) = [d for d in build_defenses(cfg(**over), 10, 45000).defenses if isinstance(d, CEM)]
         return d
 
     assert not cem().published_stats and cem(cem_stats="published").published_stats
+    # published alpha: the loader's batches times the batch size (50,048 for the published 50k at 128)
+    assert cem().n_train == 45000 and cem(cem_kmeans="published").n_train == 352 * 128
+    assert cem(cem_kmeans="published").published_kmeans and not cem().published_kmeans
 
 
 def test_paper_exact_sets_every_published_switch_and_later_flags_win():
@@ -157,3 +160,32 @@ def test_run_exp_paper_exact_runs_beside_ours(tmp_path):
     assert not any("--paper_exact" in c for c in ours)
     names = lambda cmds: {c.split("--filename ")[1].split()[0] for c in cmds}  # noqa: E731
     assert not names(ours) & names(pub)   # their own run folders, in the same --folder
+
+
+def test_cem_kmeans_published_seeds_keeps_empty_clusters_and_compacts():
+    from defenses.cem_kmeans import _compact_published, _kmeanspp_init, fit_class_kmeans
+
+    # Seeding: one point at distance 1 and one at 3 from the first seed: k-means++ picks the far one
+    # with odds 9:1, the published seeding 3:1.
+    zp = torch.tensor([[[0.0], [1.0], [3.0]]])
+    mask, counts = torch.ones(1, 3, dtype=torch.bool), torch.tensor([3])
+    far = {}
+    for power in (1.0, 0.5):
+        g = torch.Generator().manual_seed(0)
+        picks = [_kmeanspp_init(zp, mask, counts, 2, g, power)[0] for _ in range(2000)]
+        far[power] = sum(float(p[0, 1, 0]) == 3.0 for p in picks if float(p[0, 0, 0]) == 0.0) / max(
+            1, sum(float(p[0, 0, 0]) == 0.0 for p in picks))
+    assert far[1.0] == pytest.approx(0.9, abs=0.06) and far[0.5] == pytest.approx(0.75, abs=0.06)
+    # Compaction, as the published kmeans_cuda: cluster 1 empty, cluster 3 has one member.
+    var, w, n = torch.tensor([[1.0, 0, 3, 4]]), torch.tensor([[0.5, 0, 0.25, 0.25]]), torch.tensor([[2, 0, 1, 1]])
+    v2, w2 = _compact_published(var, w, n)
+    assert v2.tolist() == [[1.0, 3, 4, 4]] and torch.allclose(w2, torch.tensor([[0.5, 0.01, 0.01, 0.01]]))
+    # An empty cluster stays valid (a candidate) in the published fit, invalid in ours.
+    z = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    y = torch.zeros(4, dtype=torch.long)
+    init = torch.tensor([[[0.0], [5.0], [100.0]]])
+    ours = fit_class_kmeans(z, y, 1, 3, init=init)
+    pub = fit_class_kmeans(z, y, 1, 3, init=init, published=True)
+    assert ours[3].tolist() == [[True, True, False]] and pub[3].tolist() == [[True, True, True]]
+    assert float(pub[0][0, 2, 0]) == 100.0   # its centroid stays where it was
+    assert torch.allclose(pub[2], torch.tensor([[0.5, 0.5, 0.01]]))
