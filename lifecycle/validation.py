@@ -86,8 +86,7 @@ def check_attack_data(cfg: dict, bundle) -> None:
     for mode in parse_modes(cfg["attack_modes"]):
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
                                          str(cfg.get("attacker_data") or "split"))
-        need_held = cfg.get("attacker_data") != "published"  # which holds nothing out, as published
-        if not len(fit) or not len(evals) or (need_held and not len(held)):
+        if min(len(fit), len(held), len(evals)) == 0:
             raise UserError(f"attack mode {mode} gets {len(fit)} attacker, {len(held)} held-out and {len(evals)} "
                             "evaluation images from this data; use more images (--limit_train / --limit_test) "
                             "or other --attack_modes")

@@ -55,22 +55,25 @@ def test_psnr_batch_is_the_published_batch_average():
     assert s["psnr_batch_mean"] < s["psnr_mean"]   # Jensen: the log of a mean MSE is the larger
 
 
-def _split(n, seed):
-    g = torch.Generator().manual_seed(seed)
-    return TensorSplit(x=torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g),
-                       y=torch.arange(n) % 5)
+def _split(n, start):
+    """Images whose pixels all hold their own number, so the tests can tell which image went where."""
+    ids = torch.arange(start, start + n, dtype=torch.uint8)
+    return TensorSplit(x=ids.view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous(), y=torch.arange(n) % 5)
 
 
-def test_attacker_data_published_uses_every_image_and_holds_none_out():
-    bundle = SimpleNamespace(train=_split(90, 0), val=_split(10, 1), test=_split(100, 2))
+def test_attacker_data_published_uses_every_image_and_checks_on_the_scored_ones():
+    bundle = SimpleNamespace(train=_split(90, 0), val=_split(10, 100), test=_split(100, 110))
     fit, held, ev = attacker_splits(bundle, "train_time", 0)
     assert (len(fit), len(held), len(ev)) == (81, 9, 100)
     fit, held, ev_pub = attacker_splits(bundle, "train_time", 0, "published")
-    assert (len(fit), len(held)) == (100, 0) and torch.equal(ev_pub.x, ev.x)
+    assert len(fit) == 100 and torch.equal(ev_pub.x, ev.x) and torch.equal(held.x, ev.x)
     assert torch.equal(fit.x[90:], bundle.val.x)
     fit, held, ev = attacker_splits(bundle, "infer_time", 0)
     fit_p, held_p, ev_p = attacker_splits(bundle, "infer_time", 0, "published")
-    assert (len(fit), len(held), len(fit_p), len(held_p)) == (81, 9, 90, 0) and torch.equal(ev.x, ev_p.x)
+    assert (len(fit), len(held), len(fit_p)) == (81, 9, 90) and torch.equal(ev.x, ev_p.x)
+    ids = lambda split: set(split.x[:, 0, 0, 0].tolist())  # noqa: E731
+    assert torch.equal(held_p.x, ev_p.x) and not ids(fit_p) & ids(ev_p)   # never fit on the scored images
+    assert ids(fit_p) == ids(fit) | ids(held)   # all of the attacker's 90%, none held out
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
