@@ -54,6 +54,12 @@ def switch_defaults() -> dict:
     return {a.dest: a.default for a in build_parser()._actions if a.dest in PUBLISHED_SWITCHES}
 
 
+def absent(key: str):
+    """What an identity's missing `key` stands for: a switch's default, else "<unset>". `key` may be
+    qualified by an attack ("decoder.attacker_data")."""
+    return switch_defaults().get(key.rsplit(".", 1)[-1], "<unset>")
+
+
 def counts(key: str, value) -> bool:
     """Whether `key` = `value` is part of an identity (see PUBLISHED_SWITCHES)."""
     if key in NOT_RESULT_KEYS:
@@ -94,7 +100,7 @@ def differences(old: dict, new: dict) -> list:
     """'key old -> new' for every setting that differs (missing keys count as differing)."""
     out = []
     for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        a, b = old.get(k, absent(k)), new.get(k, absent(k))
         if a != b:
             out.append(f"{k} {a} -> {b}")
     return out

@@ -192,3 +192,11 @@ def test_cem_kmeans_published_seeds_keeps_empty_clusters_and_compacts():
     assert ours[3].tolist() == [[True, True, False]] and pub[3].tolist() == [[True, True, True]]
     assert float(pub[0][0, 2, 0]) == 100.0   # its centroid stays where it was
     assert torch.allclose(pub[2], torch.tensor([[0.5, 0.5, 0.01]]))
+
+
+def test_an_absent_switch_reads_as_its_default():
+    from lifecycle.identity import absent, differences
+
+    assert absent("cem_stats") == "own" and absent("decoder.attacker_data") == "split"
+    assert absent("batch_size") == "<unset>"
+    assert differences({}, {"gan_loop": "published"}) == ["gan_loop ours -> published"]

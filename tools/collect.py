@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from lifecycle.identity import NOT_RESULT_KEYS
+from lifecycle.identity import NOT_RESULT_KEYS, absent
 from lifecycle.results import SENT, entries
 from tools.stats import sd
 from utils import NotStrictJSON, read_json
@@ -228,8 +228,8 @@ def groups(runs: list[dict], attack=None) -> list[tuple[tuple, list[dict]]]:
         out.setdefault((group_key(r), _rest(r, attack)), []).append(r)
     rests = [json.loads(rest) for _, rest in out]
     names = sorted({k for r in rests for k in r})
-    varying = [k for k in names if len({json.dumps(r.get(k, "<unset>"), default=str) for r in rests}) > 1]
-    keyed = [(base + (tuple((k, json.loads(rest).get(k, "<unset>")) for k in varying),), rs)
+    varying = [k for k in names if len({json.dumps(r.get(k, absent(k)), default=str) for r in rests}) > 1]
+    keyed = [(base + (tuple((k, json.loads(rest).get(k, absent(k))) for k in varying),), rs)
              for (base, rest), rs in out.items()]
     return sorted(keyed, key=lambda kv: tuple(sort_key(v) for v in kv[0][:-1]) + (json.dumps(kv[0][-1], default=str),))
 
