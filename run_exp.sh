@@ -40,6 +40,7 @@ done
 QUICK=0
 DRY_RUN=0
 PRESET=""
+PAPER_EXTRA=""
 EXEC_ARGS=()  # executor flags, checked and used by tools/sweep.py
 set_flag() { printf -v "FLAG_$1" '%s' "$2"; }
 while [[ $# -gt 0 ]]; do
@@ -48,6 +49,7 @@ while [[ $# -gt 0 ]]; do
   case $arg in
     -h|--help) usage; exit 0 ;;
     --quick) QUICK=1; shift; continue ;;
+    --paper_exact) PAPER_EXTRA=--paper_exact; shift; continue ;;  # main_MIA.py's published-protocol flag set
     --dry-run|--dry_run) DRY_RUN=1; shift; continue ;;
     --executor|--gpus|--jobs|--jobs-per-gpu|--jobs_per_gpu|--slurm_partition|--slurm_time|--slurm_gpus_per_node|\
     --slurm_cpus_per_task|--slurm_mem|--slurm_array_parallelism|--slurm_extra|--submitit_cluster)
@@ -254,7 +256,7 @@ for ds in $DATASETS; do
               --var_threshold "$VAR_THRESHOLD" --log_entropy "$LOG_ENTROPY" --learning_rate "$LR"
               --num_epochs "$EPOCHS" --batch_size "$BATCH" --attack_epochs "$ATTACK_EPOCHS"
               --gan_AE_type "$GAN_AE_TYPE" --dataset "$ds" --data_root "$DATA_ROOT" --folder "$FOLDER"
-              --random_seed "$seed" --device "$DEVICE" $PRESET_EXTRA $QUICK_EXTRA $EXTRA)
+              --random_seed "$seed" --device "$DEVICE" $PRESET_EXTRA $QUICK_EXTRA $PAPER_EXTRA $EXTRA)
         [[ ${def,,} == none ]] || args+=(--AT_regularization "$def" --AT_regularization_strength "$st")
         # The run's name and state come from the run identity (lifecycle/identity.py): every setting that
         # changes results, --extra flags included, so a changed setting is a new configuration.

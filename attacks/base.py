@@ -194,7 +194,8 @@ class Attack:
         mean_image = to_unit(ctx.x_fit).mean(0, keepdim=True)
         baseline = metrics_in_batches(mean_image.expand_as(ctx.x_eval), to_unit(ctx.x_eval))
         return AttackResult(
-            final=summarize(per_final), baseline_mean_image=summarize(baseline), best_heldout=summarize(per_best),
+            final=summarize(per_final, self.batch_size), baseline_mean_image=summarize(baseline, self.batch_size),
+            best_heldout=summarize(per_best, self.batch_size),
             best_epoch=int(fitted.best_epoch if fitted.best is not None else self.epochs_done()),
             n_fit=len(fit), n_heldout=len(heldout), n_eval=len(evals), wall_time_s=time.time() - t0,
             grid_originals=to_unit(ctx.x_eval[:GRID_SIZE]).cpu(), grid_recons=grid, name=self.label(),
@@ -225,10 +226,16 @@ class TrainedAttack(Attack):
     epoch, keeps the best epoch on its held-out images and checkpoints every `checkpoint_every` epochs
     to `checkpoint_path` (resumed when present and made with the same settings)."""
 
-    def __init__(self, epochs: int, checkpoint_path=None, checkpoint_every: int = 5, **kw):
+    def __init__(self, epochs: int, checkpoint_path=None, checkpoint_every: int = 5, heldout_bn: str = "eval",
+                 **kw):
         super().__init__(**kw)
         if epochs < 1:
             raise UserError(f"{self.name} attack needs epochs >= 1 (got {epochs})")
+        if heldout_bn not in ("eval", "train"):
+            raise UserError(f"--decoder_heldout_bn must be eval or train (got '{heldout_bn}')")
+        # "train": the published per-epoch held-out pass, which leaves the decoder in train mode, so
+        # BatchNorm normalises with batch statistics and the held-out images move its running ones.
+        self.heldout_bn = heldout_bn
         self.epochs = int(epochs)
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.checkpoint_every = max(1, int(checkpoint_every))
@@ -271,7 +278,7 @@ class TrainedAttack(Attack):
 
     def heldout_mse(self, ctx: Context, z_clean: torch.Tensor) -> torch.Tensor:
         z = ctx.obfuscate(z_clean)
-        rec = network_reconstructor(self.model)
+        rec = network_reconstructor(self.model) if self.heldout_bn == "eval" else self.model.train()
         total = torch.zeros((), device=ctx.device)
         for s in range(0, z.shape[0], self.batch_size):
             diff = rec(z[s:s + self.batch_size]) - to_unit(ctx.x_held[s:s + self.batch_size])

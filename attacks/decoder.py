@@ -51,7 +51,7 @@ def _round_robin(y: torch.Tensor) -> torch.Tensor:
     return torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)
 
 
-def attacker_splits(bundle, mode: str, seed: int):
+def attacker_splits(bundle, mode: str, seed: int, data: str = "split"):
     """(fit, heldout, evals) TensorSplits for the attack `mode`.
 
     train_time: the attacker holds the defender's training images (bundle.train); 10% of them
@@ -61,12 +61,22 @@ def attacker_splits(bundle, mode: str, seed: int):
       the attacker (10% of those held out), the last 10% are scored. Every class with >= 2 images
       gives at least one eval image. Eval images are ordered round-robin over classes so the first
       few (the picture grid) span the classes.
+    data="published" (`--attacker_data published`): the published attacker's images: train_time fits
+      on every training image, the validation split included (50k on CIFAR-10), infer_time on all of
+      its 90% of the test set; the per-epoch held-out pass runs on the scoring images, as the
+      published one runs on its test loader (the final decoder is what is reported either way; with
+      `--decoder_heldout_bn train` that pass moves BatchNorm's statistics, as published).
     """
     if mode not in MODES:
         raise UserError(f"unknown attack mode '{mode}'; choose one of {', '.join(MODES)}")
+    if data not in ("split", "published"):
+        raise UserError(f"--attacker_data must be split or published (got '{data}')")
     if mode == "train_time":
-        fit, heldout = _holdout(bundle.train, seed)
-        return fit, heldout, _take(bundle.test, _round_robin(bundle.test.y.cpu()))
+        train = bundle.train
+        if data == "published" and bundle.val is not None and len(bundle.val):
+            train = _make_split(train, torch.cat([train.x, bundle.val.x]), torch.cat([train.y, bundle.val.y]))
+        evals = _take(bundle.test, _round_robin(bundle.test.y.cpu()))
+        return (*_holdout(train, seed), evals) if data == "split" else (train, evals, evals)
 
     test = bundle.test
     y = test.y.cpu()
@@ -85,8 +95,8 @@ def attacker_splits(bundle, mode: str, seed: int):
     att = torch.cat(attacker_idx).sort().values
     ev, key = torch.cat(eval_idx), torch.cat(eval_key)
     ev = ev[torch.argsort(key)]
-    fit, heldout = _holdout(_take(test, att), seed + 1)
-    return fit, heldout, _take(test, ev)
+    evals = _take(test, ev)
+    return (*_holdout(_take(test, att), seed + 1), evals) if data == "split" else (_take(test, att), evals, evals)
 
 
 class DecoderAttack(TrainedAttack):
@@ -112,7 +122,9 @@ class DecoderAttack(TrainedAttack):
 
     def settings(self) -> dict:
         return {"decoder": self.gan_AE_type, "epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
-                "weight_decay": self.weight_decay, "min_lr": self.min_lr, "seed": self.seed}
+                "weight_decay": self.weight_decay, "min_lr": self.min_lr, "seed": self.seed,
+                # only when set, so checkpoints made before the flag still resume
+                **({"heldout_bn": self.heldout_bn} if self.heldout_bn != "eval" else {})}
 
     def build(self, ctx: Context) -> None:
         self.model = build_decoder(self.gan_AE_type, ctx.feature_shape, ctx.image_size,

@@ -25,6 +25,15 @@ def add_decoder_flags(group) -> None:
                        help="attack decoder: res_normN{blocks}C{channels} (the published decoder), "
                             "res_normN{N}C{C}_v0 (this project's earlier one) or conv_normN{N}C{C} "
                             "(default: %(default)s)")
+    group.add_argument("--attacker_data", default="split", choices=["split", "published"],
+                       help="attacker's images: split (train_time: the defender's training split, infer_time: "
+                            "90%% of the test set, 10%% of either held out to pick the best decoder) or published "
+                            "(train_time: every training image, validation split included; infer_time: all 90%%; "
+                            "no held-out images) (default: %(default)s)")
+    group.add_argument("--decoder_heldout_bn", default="eval", choices=["eval", "train"],
+                       help="decoder mode in the per-epoch held-out pass: eval, or train as published (batch "
+                            "statistics, and the held-out images update BatchNorm's running statistics) "
+                            "(default: %(default)s)")
 
 
 def add_gan_flags(group) -> None:
@@ -37,6 +46,10 @@ def add_gan_flags(group) -> None:
     group.add_argument("--lr_D", type=float, default=5e-3, help="critic Adam lr (default: %(default)s)")
     group.add_argument("--lr_G", type=float, default=5e-4, help="generator Adam lr (default: %(default)s)")
     group.add_argument("--gan_batch_size", type=int, default=128, help="GAN batch size (default: %(default)s)")
+    group.add_argument("--gan_loop", default="ours", choices=["ours", "published"],
+                       help="GAN attack critic steps: ours (generator in train mode, one noisy query per batch) or "
+                            "published (generator in eval mode for the critic steps, fresh noise for the "
+                            "generator step) (default: %(default)s)")
     group.add_argument("--checkpoint_every", type=int, default=5,
                        help="GAN epochs between resumable checkpoints (default: %(default)s)")
 

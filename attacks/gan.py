@@ -43,12 +43,14 @@ class GANAttack(TrainedAttack):
 
     def __init__(self, generator: str = "res_normN8C64", epochs: int = 150, batch_size: int = 128,
                  n_critic: int = 10, mse_weight: float = 1500.0, gp_weight: float = 10.0, lr_d: float = 5e-3,
-                 lr_g: float = 5e-4, t_max: int = 300, init_from=None, **kw):
+                 lr_g: float = 5e-4, t_max: int = 300, init_from=None, loop: str = "ours", **kw):
         if n_critic < 1 or mse_weight < 0 or lr_d <= 0 or lr_g <= 0 or t_max < 1:
             raise UserError(f"GAN attack needs --n_critic >= 1, --mse_weight >= 0 and positive rates "
                             f"(got n_critic {n_critic}, mse_weight {mse_weight}, lr_D {lr_d}, lr_G {lr_g})")
+        if loop not in ("ours", "published"):
+            raise UserError(f"--gan_loop must be ours or published (got '{loop}')")
         super().__init__(epochs=epochs, batch_size=batch_size, **kw)
-        self.generator = generator
+        self.generator, self.loop = generator, loop
         self.n_critic, self.mse_weight, self.gp_weight = int(n_critic), float(mse_weight), float(gp_weight)
         self.lr_d, self.lr_g, self.t_max = float(lr_d), float(lr_g), int(t_max)
         self.init_from = Path(init_from) if init_from else None
@@ -61,7 +63,9 @@ class GANAttack(TrainedAttack):
         return {"generator": self.generator, "epochs": self.epochs, "batch_size": self.batch_size,
                 "n_critic": self.n_critic, "mse_weight": self.mse_weight, "gp_weight": self.gp_weight,
                 "lr_d": self.lr_d, "lr_g": self.lr_g, "t_max": self.t_max, "seed": self.seed,
-                "init_from": self.initialised_from or "scratch"}
+                "init_from": self.initialised_from or "scratch",
+                # only when set, so checkpoints made before the flag still resume
+                **({"loop": self.loop} if self.loop != "ours" else {})}
 
     def _initial_generator(self, ctx: Context) -> nn.Module:
         gen = build_decoder(self.generator, ctx.feature_shape, ctx.image_size, out_channels=ctx.channels)
@@ -121,10 +125,15 @@ class GANAttack(TrainedAttack):
         sums = {k: torch.zeros((), device=dev) for k in ("loss", "critic_loss", "gen_loss")}
         n_critic_steps, n_gen_steps = 0, 0
         self.critic.train()
+        published = self.loop == "published"
         for idx in self.batches(ctx, gen):
             with torch.no_grad():
-                z = ctx.obfuscate(self.fit_features(ctx, idx))
+                z_clean = self.fit_features(ctx, idx)
+                z = ctx.obfuscate(z_clean)
+                # The published critic step draws its fakes with the generator in eval mode.
+                self.model.train(not published)
                 fake = self.model(z)
+                self.model.train()
             real = to_unit(ctx.x_fit[idx])
             d_loss = critic_loss(self.critic, real, fake, self.gp_weight)
             self.opt_d.zero_grad(set_to_none=True)
@@ -135,6 +144,9 @@ class GANAttack(TrainedAttack):
             n_critic_steps += 1
             self.step += 1
             if self.step % self.n_critic == 0:
+                if published:  # its generator step queries again: fresh noise
+                    with torch.no_grad():
+                        z = ctx.obfuscate(z_clean)
                 fake = self.model(z)
                 mse = nn.functional.mse_loss(fake, real)
                 g_loss = -self.critic(fake).mean() + self.mse_weight * mse

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from architectures.decoders import build_decoder, state_mismatch
@@ -52,11 +53,13 @@ class AdversarialTraining(Defense):
                  mean: Sequence[float], std: Sequence[float], decoder: str = "res_normN4C64",
                  pretrain_epochs: int = 30, loss_type: str = "SSIM", ssim_threshold: float = 0.5,
                  lr: float = 1e-3, seed: int = 0, channels: Optional[int] = None, sigma: float = 0.0,
-                 milestones: Sequence[int] = (), pretrain_data: str = "train"):
+                 milestones: Sequence[int] = (), pretrain_data: str = "train", init: str = "default"):
         if loss_type not in ("SSIM", "MSE"):
             raise UserError(f"--gan_loss_type must be SSIM or MSE (got '{loss_type}')")
         if pretrain_data not in ("train", "test"):
             raise UserError(f"--gan_pretrain_data must be train or test (got '{pretrain_data}')")
+        if init not in ("default", "xavier"):
+            raise UserError(f"--gan_adv_init must be default or xavier (got '{init}')")
         self.strength, self.steps = float(strength), int(steps)
         self.pretrain_epochs, self.loss_type = int(pretrain_epochs), loss_type
         self.ssim_threshold, self.seed = float(ssim_threshold), int(seed)
@@ -64,6 +67,8 @@ class AdversarialTraining(Defense):
         self.lr, self.milestones = float(lr), sorted(int(m) for m in milestones)
         channels = len(mean) if channels is None else channels
         self.decoder = build_decoder(decoder, feature_shape, image_size, out_channels=channels)
+        if init == "xavier":
+            self.decoder.apply(xavier_init)
         self.decoder.requires_grad_(False)  # only its own steps train it; the encoder loss must not
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
         self.mean = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
@@ -208,6 +213,15 @@ class AdversarialTraining(Defense):
         return self
 
 
+def xavier_init(m: nn.Module) -> None:
+    """The published init_weights: Xavier-uniform weights, zero biases, for exactly these layer types
+    (the published check is `type(m) ==`, so subclasses keep their own init)."""
+    if type(m) in (nn.Linear, nn.Conv2d, nn.ConvTranspose2d):
+        nn.init.xavier_uniform_(m.weight, gain=1.0)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 @register_at("gan_adv")
 def _build(opts, ctx):
     if ctx.feature_shape is None or ctx.image_size is None or ctx.mean is None:
@@ -220,4 +234,4 @@ def _build(opts, ctx):
         ssim_threshold=float(c.get("ssim_threshold", 0.5)), seed=int(c.get("random_seed", 0)),
         sigma=ctx.sigma,
         milestones=decoder_milestones(int(c.get("num_epochs", 240)), str(c.get("milestones", "paper"))),
-        pretrain_data=str(c.get("gan_pretrain_data") or "train"))
+        pretrain_data=str(c.get("gan_pretrain_data") or "train"), init=str(c.get("gan_adv_init") or "default"))

@@ -1,6 +1,7 @@
 """The defence stack of a run, built from its config (DESIGN.md §5)."""
 from __future__ import annotations
 
+import math
 import warnings
 
 from defenses import adversarial, nopeek, obfuscation, pruning, sca  # noqa: F401 (register their --AT_regularization builders)
@@ -64,9 +65,13 @@ def build_defenses(cfg: dict, num_classes: int, n_train: int, **context) -> Defe
         coupling = cfg.get("cem_lr_coupling", "paper")
         if coupling not in ("paper", "none"):
             raise UserError(f"--cem_lr_coupling must be 'paper' or 'none' (got '{coupling}')")
+        kmeans = str(cfg.get("cem_kmeans") or "ours")
+        if kmeans == "published":  # its alpha counts the training loader's batches times the batch size
+            n_train = math.ceil(n_train / int(cfg["batch_size"])) * int(cfg["batch_size"])
         stack.append(CEM(lambd=lambd, sigma=sigma, var_threshold=float(cfg.get("var_threshold", 0.125)),
                          num_classes=num_classes, n_train=n_train, k=cem_clusters(cfg["arch"]),
                          log_entropy=bool(int(cfg.get("log_entropy", 1))), lr_coupling=coupling,
                          seed=int(cfg.get("random_seed", 0)), compile=bool(cfg.get("compile", True)),
-                         refresh_aug=bool(int(cfg.get("cem_refresh_aug", 1)))))
+                         refresh_aug=bool(int(cfg.get("cem_refresh_aug", 1))),
+                         stats=str(cfg.get("cem_stats") or "own"), kmeans=kmeans))
     return DefenseStack(stack)

@@ -16,6 +16,7 @@ import torch
 
 from defenses.base import Defense
 from defenses.cem_kmeans import fit_class_kmeans, mixture_logdet  # noqa: F401 (part of this module's API)
+from utils import UserError
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,11 +40,12 @@ class PreparedState:
     log_entropy: bool
     gamma: float
     compile: bool = False   # fuse the loss with torch.compile when on CUDA
+    published_stats: bool = False  # --cem_stats published: see _loss_and_grad
 
 
 @torch.no_grad()
 def prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_train, log_entropy=True,
-                  gamma=0.01, alpha_scale=10.0, compile=False) -> PreparedState:
+                  gamma=0.01, alpha_scale=10.0, compile=False, published_stats=False) -> PreparedState:
     num_classes, k, d = centroids.shape
     mu = centroids.detach().float()
     pad = lambda t: torch.cat([t.reshape(-1).float(), t.new_zeros(1, dtype=torch.float32)])  # noqa: E731
@@ -53,21 +55,39 @@ def prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_
         mu=mu, mu_flat=torch.cat([mu.reshape(-1, d), mu.new_zeros(1, d)]),
         musq=(mu * mu).sum(-1).masked_fill(~valid, float("inf")), usable=valid.any(1), pi=pi, v=pad(variances),
         a_coef=alpha_scale / expected, floor=math.log(var_threshold * sigma**2 + gamma),
-        log_entropy=bool(log_entropy), gamma=gamma, compile=bool(compile))
+        log_entropy=bool(log_entropy), gamma=gamma, compile=bool(compile), published_stats=bool(published_stats))
+
+
+def _published_lookup(y, num_classes: int, k: int) -> torch.Tensor:
+    """Group index whose stored variance and weight the published code uses for each group.
+
+    The published loss walks the distinct classes of the batch in label order and, for the j-th of
+    them, reads v and pi at row j of per-sample arrays sorted by label: those of the j-th sample's
+    class, which is mostly the smallest label's (model_training_paral_pruning.py, compute_class_means).
+    """
+    present = torch.zeros(num_classes, device=y.device).index_add_(0, y, torch.ones_like(y, dtype=torch.float32)) > 0
+    rank = (present.long().cumsum(0) - 1).clamp_min(0)
+    src = torch.where(present, y.sort().values[rank], torch.arange(num_classes, device=y.device))
+    groups = (src.unsqueeze(1) * k + torch.arange(k, device=y.device)).reshape(-1)
+    return torch.cat([groups, groups.new_full((1,), num_classes * k)])  # the dummy group stays itself
 
 
 def _loss_and_grad(z, y, mu, mu_flat, musq, usable, pi, v, a_coef, floor: float, gamma: float,
-                   log_entropy: bool):
+                   log_entropy: bool, published_stats: bool = False):
     """L_C and its gradient to z, written out so backward is a single multiply.
 
     With sq_i = mean_d (z_i - mu_g)^2 and g the group of sample i:
     dL/dz_i = (1/#classes) * pi_g * alpha_g / n_g * f'(v_hat_g) * 2 (z_i - mu_g) / D, where
     f' = 1[log(v_hat+gamma) > floor] / (v_hat + gamma) for the log surrogate and 1 otherwise.
     alpha_g depends on counts only, and centroids/assignments carry no gradient (DESIGN §6.3).
+    published_stats: each group's v, pi (and so alpha) are another group's, as published.
     """
     d = z.shape[1]
     num_classes, k, _ = mu.shape
     groups = num_classes * k
+    if published_stats:
+        lookup = _published_lookup(y, num_classes, k)
+        pi, v, a_coef = pi[lookup], v[lookup], a_coef[lookup]
     # argmin_k ||z - mu_k||^2 = argmin_k (||mu_k||^2 - 2 z.mu_k): one batched matmul
     score = torch.baddbmm(musq[y].unsqueeze(2), mu[y], z.unsqueeze(2), alpha=-2.0)
     gid = torch.where(usable[y], y * k + score.squeeze(2).argmin(1), groups)
@@ -106,7 +126,7 @@ class _CEMLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, y, st: "PreparedState"):
         args = (z, y, st.mu, st.mu_flat, st.musq, st.usable, st.pi, st.v, st.a_coef, st.floor, st.gamma,
-                st.log_entropy)
+                st.log_entropy, st.published_stats)
         # Inside a CUDA graph the launches the fusion saves are free already: keep plain kernels.
         use_compile = st.compile and z.is_cuda and not torch.cuda.is_current_stream_capturing()
         try:
@@ -145,6 +165,7 @@ def cem_batch_loss(
     log_entropy: bool = True,
     gamma: float = 0.01,
     alpha_scale: float = 10.0,
+    published_stats: bool = False,
 ) -> torch.Tensor:
     """Conditional-entropy surrogate L_C of DESIGN §6.3 for one batch; gradient flows to z only.
 
@@ -156,7 +177,7 @@ def cem_batch_loss(
     valid cluster are skipped). Vectorised: no Python loop over classes or clusters.
     """
     st = prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_train, log_entropy,
-                       gamma, alpha_scale)
+                       gamma, alpha_scale, published_stats=published_stats)
     return prepared_loss(z, y, st)
 
 
@@ -183,13 +204,19 @@ class CEM(Defense):
 
     def __init__(self, lambd, sigma, var_threshold, num_classes, n_train, k, log_entropy=True,
                  lr_coupling="paper", gamma=0.01, kmeans_iters=50, diag_every=10, seed=0, compile=True,
-                 refresh_aug=True):
+                 refresh_aug=True, stats="own", kmeans="ours"):
         self.lambd, self.sigma, self.var_threshold = float(lambd), float(sigma), float(var_threshold)
         self.num_classes, self.n_train, self.k = int(num_classes), int(n_train), int(k)
         self.log_entropy, self.lr_coupling, self.gamma = bool(log_entropy), lr_coupling, gamma
         self.kmeans_iters, self.diag_every, self.seed = kmeans_iters, diag_every, seed
         self.compile = compile  # only ever used on CUDA
         self.refresh_aug = bool(refresh_aug)  # fit the mixture on augmented images, as the paper code
+        if stats not in ("own", "published"):
+            raise UserError(f"--cem_stats must be own or published (got '{stats}')")
+        self.published_stats = stats == "published"
+        if kmeans not in ("ours", "published"):
+            raise UserError(f"--cem_kmeans must be ours or published (got '{kmeans}')")
+        self.published_kmeans = kmeans == "published"
         self.state: Optional[dict] = None  # centroids, variances, weights, valid
         self._prepared: Optional[PreparedState] = None
         self._prepared_version = 0  # bumped whenever _prepared is replaced rather than updated in place
@@ -212,7 +239,8 @@ class CEM(Defense):
         captured training step (which holds their addresses) sees the new mixture."""
         s = self.state
         new = prepare_state(s["centroids"], s["variances"], s["weights"], s["valid"], self.sigma,
-                            self.var_threshold, self.n_train, self.log_entropy, self.gamma, compile=self.compile)
+                            self.var_threshold, self.n_train, self.log_entropy, self.gamma, compile=self.compile,
+                            published_stats=self.published_stats)
         old = self._prepared
         fields = [f for f, v in vars(new).items() if isinstance(v, torch.Tensor)]
         if old is not None and all(getattr(old, f).shape == getattr(new, f).shape
@@ -234,7 +262,8 @@ class CEM(Defense):
         gen = torch.Generator().manual_seed(self.seed + self.refreshes)
         init = None if self.state is None else self.state["centroids"]
         mu, var, w, valid = fit_class_kmeans(z, y, self.num_classes, self.k, init=init,
-                                             iters=self.kmeans_iters, generator=gen, info=self.kmeans_info)
+                                             iters=self.kmeans_iters, generator=gen, info=self.kmeans_info,
+                                             published=self.published_kmeans)
         self.state = {"centroids": mu, "variances": var, "weights": w, "valid": valid}
         self._prepare()
         self.refreshes += 1

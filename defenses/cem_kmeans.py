@@ -38,8 +38,10 @@ def _sq_dists(zp: torch.Tensor, mu: torch.Tensor, zz: torch.Tensor) -> torch.Ten
     return (zz - 2.0 * torch.bmm(zp, mu.transpose(1, 2)) + mm).clamp_min_(0.0)
 
 
-def _kmeanspp_init(zp, mask, counts, k, generator):
-    """k-means++ seeding for every class at once; clusters a class cannot fill are invalid."""
+def _kmeanspp_init(zp, mask, counts, k, generator, power: float = 1.0):
+    """k-means++ seeding for every class at once; clusters a class cannot fill are invalid. Each
+    seed is drawn with probability proportional to (squared distance)^power: 1 is k-means++, 0.5 the
+    published code's (distance itself)."""
     c, nmax, d = zp.shape
     rows = torch.arange(c, device=zp.device)
     mu = zp.new_zeros(c, k, d)
@@ -49,7 +51,7 @@ def _kmeanspp_init(zp, mask, counts, k, generator):
         if j == 0:
             w = mask.to(zp.dtype)
         else:
-            w = best.clamp_min(0.0) * mask
+            w = best.clamp_min(0.0).pow(power) * mask
         ok = w.sum(1) > 0
         # Rows with nothing left to pick (empty class, or all members duplicated) draw a dummy index.
         w = torch.where(ok.unsqueeze(1), w, torch.ones_like(w))
@@ -83,6 +85,7 @@ def fit_class_kmeans(
     iters: int = 50,
     generator: Optional[torch.Generator] = None,
     info: Optional[dict] = None,
+    published: bool = False,
 ):
     """K clusters per class, all classes at once in batched tensor ops on `z.device`.
 
@@ -95,6 +98,10 @@ def fit_class_kmeans(
         centroids [C,K,D], variances [C,K] (mean over members and dims of (z - mu)^2),
         weights [C,K] (n_ck / n_c), valid [C,K] (cluster has members). Arrays stay aligned with
         cluster indices: empty clusters are marked invalid, never compacted.
+    published (`--cem_kmeans published`): the published kmeans_cuda instead: seeds drawn with
+        probability proportional to the distance, empty clusters keep their centroid and stay
+        candidates (every cluster of a class with members is valid), and the variances and weights
+        are compacted as published (see _compact_published).
     """
     z = z.reshape(z.shape[0], -1).float()
     y = y.long()
@@ -102,7 +109,9 @@ def fit_class_kmeans(
     d = zp.shape[-1]
     zz = (zp * zp).sum(-1, keepdim=True)
     if init is None:
-        mu, valid = _kmeanspp_init(zp, mask, counts, k, generator)
+        mu, valid = _kmeanspp_init(zp, mask, counts, k, generator, power=0.5 if published else 1.0)
+        if published:  # its seeds may repeat a point; every one is a candidate all the same
+            valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
     else:
         mu = init.to(zp).clone()
         valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
@@ -115,8 +124,9 @@ def fit_class_kmeans(
             break  # stable: mu are the means of `assign` and `assign` is nearest to mu
         done += 1
         _, n_ck, sums = _cluster_sums(zp, mask, assign, k)
-        valid = n_ck > 0
-        mu = torch.where(valid.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
+        filled = n_ck > 0
+        mu = torch.where(filled.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
+        valid = (counts > 0).unsqueeze(1).expand(-1, k) if published else filled
         prev = assign
         assign = _assign(zp, mu, valid, zz)
 
@@ -128,7 +138,30 @@ def fit_class_kmeans(
     variances = torch.where(valid, variances, torch.zeros_like(variances))
     if info is not None:
         info["iters"] = done
+    if published:
+        variances, weights = _compact_published(variances, weights, n_ck)
+        valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
     return mu, variances, weights, valid
+
+
+def _compact(values: torch.Tensor, keep: torch.Tensor, fill: Optional[float]) -> torch.Tensor:
+    """Per row, the kept values moved to the front in index order, the rest `fill` (None: the last
+    kept value, or 0 when none is kept)."""
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    packed = values.gather(1, order)
+    n_keep = keep.sum(1, keepdim=True)
+    cols = torch.arange(values.shape[1], device=values.device).unsqueeze(0)
+    if fill is None:
+        last = packed.gather(1, (n_keep - 1).clamp_min(0)) * (n_keep > 0)
+        return torch.where(cols < n_keep, packed, last)
+    return torch.where(cols < n_keep, packed, torch.full_like(packed, fill))
+
+
+def _compact_published(variances, weights, n_ck):
+    """The published arrays: the variances of the non-empty clusters in index order, padded with the
+    last of them; the weights of the clusters with more than one member, padded with 0.01. The loss
+    reads both by cluster index, so after an empty cluster they belong to other clusters."""
+    return _compact(variances, n_ck > 0, None), _compact(weights, n_ck > 1, 0.01)
 
 
 

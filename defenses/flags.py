@@ -30,6 +30,15 @@ def add_cem_flags(group) -> None:
     group.add_argument("--cem_refresh_aug", type=int, default=1, choices=[0, 1],
                        help="1: fit CEM's per-class mixture after each epoch on augmented training images, as "
                             "the paper code; 0: on un-augmented ones (default: %(default)s)")
+    group.add_argument("--cem_kmeans", default="ours", choices=["ours", "published"],
+                       help="CEM's mixture fit: ours (k-means++ seeding, empty clusters invalid, arrays aligned "
+                            "with clusters) or published (seeding proportional to the distance, empty clusters "
+                            "stay candidates, variances and weights compacted, alpha's dataset size = batches x "
+                            "batch size) (default: %(default)s)")
+    group.add_argument("--cem_stats", default="own", choices=["own", "published"],
+                       help="stored variance and weight in each class term of the CEM loss: the class's own "
+                            "(own), or the published code's lookup by the sample's position in the label-sorted "
+                            "batch, so most terms use another class's (published) (default: %(default)s)")
 
 
 def add_at_flags(group) -> None:
@@ -76,6 +85,9 @@ def add_at_flags(group) -> None:
                             "(rebuild), or keep the published code's optimizer, which still holds the replaced "
                             "pre-pruning tensors, so every pruned layer (and the layer after it) stops training "
                             "(published) (default: %(default)s)")
+    group.add_argument("--gan_adv_init", default="default", choices=["default", "xavier"],
+                       help="gan_adv: the defender decoder's initialisation: PyTorch's default, or the published "
+                            "Xavier-uniform weights with zero biases (default: %(default)s)")
 
 
 def add_defence_flags(group) -> None:

@@ -35,14 +35,15 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
     if name == "decoder":
         from attacks.decoder import DecoderAttack
         return DecoderAttack(gan_AE_type=s["gan_AE_type"], epochs=int(s["attack_epochs"]),
-                             capture=str(s.get("capture", "auto")), bf16=bool(s.get("bf16")), **common)
+                             capture=str(s.get("capture", "auto")), bf16=bool(s.get("bf16")),
+                             heldout_bn=str(s["decoder_heldout_bn"]), **common)
     if name == "gan":
         from attacks.gan import GANAttack
         return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
                          n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
                          lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}{decoder_tag}.pt",
                          checkpoint_path=run_dir / "attacks" / f"gan_{mode}{tag}.ckpt.pt",
-                         checkpoint_every=int(s["checkpoint_every"]), **common)
+                         checkpoint_every=int(s["checkpoint_every"]), loop=str(s["gan_loop"]), **common)
     from attacks.optimization import RMLEAttack
     return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]),
                       eval_limit=s["rmle_max_images"], **common)
@@ -63,7 +64,8 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
     attacks, modes, views = attack_lists(cfg)
     wanted = set(todo(metrics, cfg, force))
     for mode in modes:
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
+        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
+                                         str(cfg.get("attacker_data") or "split"))
         for view in views:
             obfuscate = defenses.deployed(view)
             for name in attacks:

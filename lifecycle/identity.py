@@ -39,6 +39,33 @@ NOT_RESULT_KEYS = frozenset({
     "checkpoint_every",
 })
 
+# Switches to the published code's behaviour (issue 27), added after run folders existed. At their
+# default (ours) they are left out of identities and attack keys, so those folders keep their identity
+# and are not redone; any other value counts like every other setting.
+PUBLISHED_SWITCHES = frozenset({
+    "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def switch_defaults() -> dict:
+    from lifecycle.flags import build_parser
+
+    return {a.dest: a.default for a in build_parser()._actions if a.dest in PUBLISHED_SWITCHES}
+
+
+def absent(key: str):
+    """What an identity's missing `key` stands for: a switch's default, else "<unset>". `key` may be
+    qualified by an attack ("decoder.attacker_data")."""
+    return switch_defaults().get(key.rsplit(".", 1)[-1], "<unset>")
+
+
+def counts(key: str, value) -> bool:
+    """Whether `key` = `value` is part of an identity (see PUBLISHED_SWITCHES)."""
+    if key in NOT_RESULT_KEYS:
+        return False
+    return key not in PUBLISHED_SWITCHES or value not in (None, switch_defaults().get(key))
+
 
 @functools.lru_cache(maxsize=1)
 def attack_keys() -> frozenset:
@@ -59,7 +86,7 @@ def plain(v):
 
 def identity(cfg: dict) -> dict:
     attack = attack_keys()
-    keys = sorted(k for k in cfg if k not in NOT_RESULT_KEYS)
+    keys = sorted(k for k in cfg if counts(k, cfg[k]))
     return {"format": RESULTS_FORMAT,
             "train": {k: plain(cfg[k]) for k in keys if k not in attack},
             "attack": {k: plain(cfg[k]) for k in keys if k in attack}}
@@ -73,7 +100,7 @@ def differences(old: dict, new: dict) -> list:
     """'key old -> new' for every setting that differs (missing keys count as differing)."""
     out = []
     for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        a, b = old.get(k, absent(k)), new.get(k, absent(k))
         if a != b:
             out.append(f"{k} {a} -> {b}")
     return out

@@ -25,7 +25,7 @@ import copy
 from typing import Iterator, NamedTuple, Optional
 
 from attacks.flags import ATTACKS, DEFAULTS, MODES, RESULTS_VERSION, VIEWS, settings_flags
-from lifecycle.identity import NOT_RESULT_KEYS, differences, digest, plain
+from lifecycle.identity import counts, differences, digest, plain
 
 SENT = "sent"
 LEGACY_VERSION = 1  # results recorded before attacks had results versions
@@ -52,8 +52,8 @@ def attack_key(cfg: dict, attack: str, version: Optional[int] = None) -> dict:
     """The settings `attack`'s results depend on, from a configuration (missing flags: their defaults)."""
     key = {VERSION: RESULTS_VERSION[attack] if version is None else version}
     for flag in settings_flags()[attack]:
-        if flag not in NOT_RESULT_KEYS:
-            value = cfg.get(flag)
+        value = cfg.get(flag)
+        if counts(flag, value):
             key[flag] = plain(DEFAULTS.get(flag) if value is None else value)
     return key
 

@@ -47,7 +47,8 @@ def check_attack_data(cfg: dict, bundle) -> None:
     from attacks.decoder import attacker_splits
 
     for mode in parse_modes(cfg["attack_modes"]):
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]))
+        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
+                                         str(cfg.get("attacker_data") or "split"))
         if min(len(fit), len(held), len(evals)) == 0:
             raise UserError(f"attack mode {mode} gets {len(fit)} attacker, {len(held)} held-out and {len(evals)} "
                             "evaluation images from this data; use more images (--limit_train / --limit_test) "

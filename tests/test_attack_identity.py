@@ -7,7 +7,7 @@ import pytest
 
 import main_MIA
 import run_gan_attack
-from lifecycle.identity import NOT_RESULT_KEYS, attack_keys, identity
+from lifecycle.identity import NOT_RESULT_KEYS, PUBLISHED_SWITCHES, attack_keys, identity
 from lifecycle.results import attack_key, missing, owners
 from lifecycle.run_folder import Run
 from tools import collect, report
@@ -30,10 +30,13 @@ def test_each_attack_key_holds_its_own_settings_only():
     keys = {a: attack_key(cfg(), a) for a in ("decoder", "gan", "rmle")}
     assert keys["decoder"]["results_version"] == 2 and keys["rmle"]["results_version"] == 1
     # every attack-group flag that can change a number keys some attack's results
-    assert attack_keys() - NOT_RESULT_KEYS <= set().union(*keys.values())
+    # (the published switches only when set: see tests/test_published_switches.py)
+    assert attack_keys() - NOT_RESULT_KEYS - PUBLISHED_SWITCHES <= set().union(*keys.values())
     assert {"attack_epochs", "gan_AE_type"} <= set(keys["gan"])  # the decoder the generator starts from
     for flag, value, moved in (("n_critic", 5, {"gan"}), ("attack_epochs", 3, {"decoder", "gan"}),
-                               ("rmle_steps", 9, {"rmle"}), ("checkpoint_every", 1, set())):
+                               ("rmle_steps", 9, {"rmle"}), ("checkpoint_every", 1, set()),
+                               ("attacker_data", "published", {"decoder", "gan"}),
+                               ("decoder_heldout_bn", "train", {"decoder", "gan"}), ("gan_loop", "published", {"gan"})):
         changed = {a for a in keys if attack_key(cfg(**{flag: value}), a) != keys[a]}
         assert changed == moved, flag
     assert identity(cfg(attack_view="noise_only")) == identity(cfg())  # views are places, not identities

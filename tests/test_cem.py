@@ -8,10 +8,16 @@ from defenses.cem import CEM, cem_batch_loss, fit_class_kmeans, lambda_eff
 
 
 def loop_cem_loss(z, y, centroids, variances, weights, valid, sigma, tau, n_train,
-                  log_entropy=True, gamma=0.01, alpha_scale=10.0):
-    """Reference: Python loops over classes and clusters, exactly as DESIGN §6.3 reads."""
+                  log_entropy=True, gamma=0.01, alpha_scale=10.0, published_stats=False):
+    """Reference: Python loops over classes and clusters, exactly as DESIGN §6.3 reads. With
+    published_stats, the j-th distinct class of the batch (in label order) takes its stored v and pi
+    from the class of the j-th sample in label order, as the published compute_class_means does."""
     C, K, _ = centroids.shape
     z = z.reshape(z.shape[0], -1)
+    src = {c: c for c in range(C)}
+    if published_stats:
+        ys = sorted(int(t) for t in y)
+        src = {c: ys[j] for j, c in enumerate(sorted(set(ys)))}
     members = {}
     for i in range(z.shape[0]):
         c = int(y[i])
@@ -30,9 +36,9 @@ def loop_cem_loss(z, y, centroids, variances, weights, valid, sigma, tau, n_trai
         classes.add(c)
         n = len(idx)
         b = torch.stack([((z[i] - centroids[c, k]) ** 2).mean() for i in idx]).mean()
-        pi = float(weights[c, k])
-        alpha = min(alpha_scale * n / (pi * n_train / C), 0.99)
-        v = alpha * b + (1 - alpha) * float(variances[c, k])
+        pi = float(weights[src[c], k])
+        alpha = min(alpha_scale * n / (pi * n_train / C), 0.99) if pi > 0 else 0.99
+        v = alpha * b + (1 - alpha) * float(variances[src[c], k])
         if log_entropy:
             total = total + pi * torch.relu(torch.log(v + gamma) - math.log(tau * sigma**2 + gamma))
         else:
@@ -69,6 +75,24 @@ def test_batch_loss_matches_loop_value_and_gradient(log_entropy, sigma):
     assert torch.allclose(loss, ref.to(loss.dtype), atol=1e-5, rtol=1e-5)
     assert torch.allclose(gz, gz2, atol=1e-5, rtol=1e-4)
     assert gz.abs().sum() > 0
+
+
+@pytest.mark.parametrize("log_entropy", [True, False])
+def test_published_stats_use_another_class_like_the_published_loop(log_entropy):
+    C, K, D = 5, 3, 6
+    cen, var, w, valid = random_state(C, K, D, seed=3)
+    g = torch.Generator().manual_seed(4)
+    z = (torch.rand(40, D, generator=g) * 1.2).requires_grad_(True)
+    y = torch.randint(0, C, (40,), generator=g)
+    pub = cem_batch_loss(z, y, cen, var, w, valid, 0.5, 0.125, 400, log_entropy=log_entropy, published_stats=True)
+    (gz,) = torch.autograd.grad(pub, z)
+    z2 = z.detach().clone().requires_grad_(True)
+    ref = loop_cem_loss(z2, y, cen, var, w, valid, 0.5, 0.125, 400, log_entropy=log_entropy, published_stats=True)
+    (gz2,) = torch.autograd.grad(ref, z2)
+    own = cem_batch_loss(z.detach(), y, cen, var, w, valid, 0.5, 0.125, 400, log_entropy=log_entropy)
+    assert float(ref.detach()) > 0 and not torch.allclose(pub, own)  # the lookup changes the loss
+    assert torch.allclose(pub, ref.to(pub.dtype), atol=1e-5, rtol=1e-5)
+    assert torch.allclose(gz, gz2, atol=1e-5, rtol=1e-4) and gz.abs().sum() > 0
 
 
 def test_batch_loss_gradient_only_to_z():

@@ -8,13 +8,13 @@ import json
 import math
 from pathlib import Path
 
-from lifecycle.identity import NOT_RESULT_KEYS
+from lifecycle.identity import NOT_RESULT_KEYS, absent
 from lifecycle.results import SENT, entries
 from tools.stats import sd
 from tools.untrusted import find, one_line, recorded_path, refused
 from utils import NotStrictJSON, read_json
 
-METRICS = ("mse", "ssim", "ssim_lib", "psnr")
+METRICS = ("mse", "ssim", "ssim_lib", "psnr", "psnr_batch")  # psnr_batch: the published batch-wise PSNR
 # Shown in every table title. Tables are split by the runs' full identity (lifecycle/identity.py): runs that
 # differ in anything but σ and λ (the table's axes) and the seed (averaged in a cell) never share a
 # table, and the title names any other setting that differs between tables. `view`: what the attacker's
@@ -262,8 +262,8 @@ def groups(runs: list[dict], attack=None) -> list[tuple[tuple, list[dict]]]:
         out.setdefault((group_key(r), _rest(r, attack)), []).append(r)
     rests = [json.loads(rest) for _, rest in out]
     names = sorted({k for r in rests for k in r})
-    varying = [k for k in names if len({json.dumps(r.get(k, "<unset>"), default=str) for r in rests}) > 1]
-    keyed = [(base + (tuple((k, json.loads(rest).get(k, "<unset>")) for k in varying),), rs)
+    varying = [k for k in names if len({json.dumps(r.get(k, absent(k)), default=str) for r in rests}) > 1]
+    keyed = [(base + (tuple((k, json.loads(rest).get(k, absent(k))) for k in varying),), rs)
              for (base, rest), rs in out.items()]
     return sorted(keyed, key=lambda kv: tuple(sort_key(v) for v in kv[0][:-1]) + (json.dumps(kv[0][-1], default=str),))
 

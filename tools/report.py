@@ -71,11 +71,16 @@ def _sd(cell, key, spec) -> str:
     return fmt_mean_sd(cell[key], cell.get(f"{key}_sd"), spec)
 
 
+def _psnr(cell) -> str:
+    """Per-image PSNR, and the published batch-wise one beside it, labelled, where the runs have it."""
+    text = _sd(cell, "psnr", ".1f")
+    return text if cell.get("psnr_batch") is None else f"{text} (batch {_sd(cell, 'psnr_batch', '.1f')})"
+
+
 def _cell_text(cell) -> str:
     if cell is None:
         return DASH
-    text = " / ".join([_sd(cell, "acc", ".2f"), _sd(cell, "mse", ".4f"), _sd(cell, "ssim", ".3f"),
-                       _sd(cell, "psnr", ".1f")])
+    text = " / ".join([_sd(cell, "acc", ".2f"), _sd(cell, "mse", ".4f"), _sd(cell, "ssim", ".3f"), _psnr(cell)])
     return text + (f" (n={cell['n']})" if cell["n"] > 1 else "")
 
 
@@ -141,8 +146,8 @@ def comparison(grouped, mode: str, which: str) -> str:
             cells = [tables[a][2].get((s, l)) for a in names]
             first = next((c for c in cells if c is not None), None)
             acc = DASH if first is None else _sd(first, "acc", ".2f") + (f" (n={first['n']})" if first["n"] > 1 else "")
-            text = [DASH if c is None else " / ".join([_sd(c, "mse", ".4f"), _sd(c, "ssim", ".3f"),
-                                                       _sd(c, "psnr", ".1f")]) for c in cells]
+            text = [DASH if c is None else " / ".join([_sd(c, "mse", ".4f"), _sd(c, "ssim", ".3f"), _psnr(c)])
+                    for c in cells]
             out.append(f"| {fmt_g(s)} | {fmt_g(l)} | {acc} | " + " | ".join(text) + " |")
         out.append("")
         base = _baseline_text(runs, names[0], mode)
