@@ -165,18 +165,20 @@ def summarize(results: list, skipped: int, signum: Optional[int] = None, out=Non
               failures: Optional[str] = None) -> int:
     """Prints the summary, then `failures` (the failed jobs' own errors) as the last line; returns the
     exit status: 128 + the signal that stopped the sweep (130 SIGINT, 143 SIGTERM), else 1 when some job
-    failed, else 0."""
+    failed or timed out, else 0."""
     out = out or sys.stdout
-    count = {s: sum(r.status == s for r in results) for s in ("done", "failed", "interrupted", "not started")}
+    statuses = ("done", "failed", "interrupted", "timed out", "not started")
+    count = {s: sum(r.status == s for r in results) for s in statuses}
     line = (f"Summary: {count['done']} done, {skipped} skipped (already finished), {count['failed']} failed, "
             f"{count['interrupted']} interrupted")
-    if count["not started"]:
-        line += f", {count['not started']} not started"
+    for s in ("timed out", "not started"):  # only where they happen: Slurm time-outs, stopped sweeps
+        if count[s]:
+            line += f", {count[s]} {s}"
     print("\n" + line, file=out)
     for r in results:
-        if r.status in ("failed", "interrupted"):
+        if r.status in ("failed", "interrupted", "timed out"):
             print(f"  {r.status}: {r.job.name} ({r.note or f'exit {r.rc}'}, log {r.job.log})", file=out)
-    if count["interrupted"] or count["not started"]:
+    if count["interrupted"] or count["timed out"] or count["not started"]:
         print("  rerun the same command to continue: finished runs are skipped, interrupted ones resume", file=out)
     if failures:
         out.flush()
@@ -184,7 +186,7 @@ def summarize(results: list, skipped: int, signum: Optional[int] = None, out=Non
     if signum is not None:
         print(f"sweep: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + signum
-    return 1 if count["failed"] else 0
+    return 1 if count["failed"] or count["timed out"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

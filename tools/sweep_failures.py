@@ -56,7 +56,7 @@ def failure_line(results: list, skipped: int = 0) -> Optional[str]:
     None when nothing failed."""
     by_reason: dict = {}
     for r in results:
-        if r.status == "failed":
+        if r.status in ("failed", "timed out"):  # a time-out's reason (its note) says so
             by_reason.setdefault(reason(r), []).append(r.job.name)
     if not by_reason:
         return None

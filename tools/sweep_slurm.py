@@ -4,9 +4,11 @@ submitit (optional dependency; `pip install -r requirements-dev.txt` or `pip ins
 Each run folder's jobs are one array; submitit's own logs go to <run folder>/slurm/, each job's output to
 its usual <run folder>/<name>.log. The client waits and prints a line per finished job; SIGINT/SIGTERM
 cancel the jobs still queued or running (Slurm sends them SIGTERM; each resumes from its last checkpoint).
-Re-submitting the same sweep submits only what is not finished (run_exp.sh skips finished runs and
-resumes killed ones). --submitit_cluster local|debug runs the same path on this machine through
-submitit's test executors, no cluster needed.
+Slurm sends every task SIGTERM shortly before its --slurm_time (sbatch --signal), so a configuration
+about to time out saves its checkpoint and stops; it is reported as timed out. Re-submitting the same
+sweep submits only what is not finished (run_exp.sh skips finished runs and resumes killed ones).
+--submitit_cluster local|debug runs the same path on this machine through submitit's test executors,
+no cluster needed. Tested against a real one-node cluster (tools/ci/slurm_up.sh, docs/clusters.md).
 """
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ from utils import UserError
 
 INSTALL = 'pip install "submitit>=1.5,<2"  (or pip install -r requirements-dev.txt)'
 JOB_NAME = "cem_sweep"
+# How often the client asks whether tasks finished. Each poll reads one file per task (submitit's
+# result); the tests of tools/ci/slurm_up.sh's cluster set it to a second.
+POLL_ENV = "CEM_SLURM_POLL_S"
+# slurmctld checks time limits (and sends --signal warnings) every ~30 s, so a warning can come up to
+# that much early; with the task's start-up, a stop this close to the warning time counts as a time-out.
+WARNING_SLACK_S = 40
 
 
 def add_slurm_flags(p) -> None:
@@ -76,12 +84,48 @@ def slurm_parameters(args) -> dict:
         raise UserError(f"--slurm_mem '{args.slurm_mem}' is not a memory size; use e.g. 16G or 16000M")
     if args.slurm_time is None and args.submitit_cluster == "slurm":
         raise UserError("--executor slurm needs --slurm_time, the time limit of one configuration (e.g. 2:00:00)")
-    params = {"name": JOB_NAME, "timeout_min": parse_time(args.slurm_time or "1-00:00:00"),
+    minutes = parse_time(args.slurm_time or "1-00:00:00")
+    # submitit's own warning is SIGUSR2, which it handles in its wrapper but which also reaches
+    # main_MIA.py (every process of the step is signalled) and kills it unsaved: SIGTERM instead, which
+    # main_MIA.py answers by saving a resumable checkpoint. --slurm_extra signal=... still overrides it.
+    extra = {"signal": f"TERM@{warning_s(minutes)}", **parse_extra(args.slurm_extra)}
+    params = {"name": JOB_NAME, "timeout_min": minutes,
               "gpus_per_node": args.slurm_gpus_per_node, "cpus_per_task": args.slurm_cpus_per_task,
               "slurm_partition": args.slurm_partition, "slurm_mem": args.slurm_mem,
-              "slurm_array_parallelism": args.slurm_array_parallelism,
-              "slurm_additional_parameters": parse_extra(args.slurm_extra) or None}
+              "slurm_array_parallelism": args.slurm_array_parallelism, "slurm_additional_parameters": extra}
     return {k: v for k, v in params.items() if v is not None}
+
+
+def warning_s(minutes: int) -> int:
+    """Seconds before the time limit that Slurm warns a task: submitit's 90, at most half the limit."""
+    return min(90, minutes * 30)
+
+
+def slurm_task(job, env: dict) -> dict:
+    """What one array task runs: the job, and how long it ran (which tells a time-out from a cancel)."""
+    t0 = time.monotonic()
+    rc = run_job(job, env)
+    return {"rc": rc, "seconds": time.monotonic() - t0}
+
+
+def outcome(r: Result, sj, limit_min: int, signalled: bool) -> None:
+    """Sets r's rc, seconds, status and note from submitit job `sj` (finished)."""
+    try:
+        value = sj.result()
+        r.rc, r.seconds = value["rc"], value["seconds"]
+    except Exception as e:  # killed before it returned (node failure, SIGKILL): submitit's own words
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        r.note = f"submitit job {sj.job_id}: {first[:200]}; submitit log {sj.paths.stderr}"
+        # With accounting (sacct), submitit knows Slurm's own verdict; without, the state is UNKNOWN.
+        r.status = "timed out" if "TIMEOUT" in str(sj.state) else "failed"
+        return
+    warned_after = limit_min * 60 - warning_s(limit_min)
+    if r.rc in (130, 143) and not signalled and r.seconds >= warned_after - WARNING_SLACK_S:
+        r.status = "timed out"
+        r.note = (f"timed out: stopped by Slurm's warning {warning_s(limit_min)} s before --slurm_time "
+                  f"({limit_min} min), resumable; rerun the same command (a longer --slurm_time) to finish it")
+    else:
+        r.status = "done" if r.rc == 0 else "interrupted" if signalled or r.rc in (130, 143) else "failed"
 
 
 def _groups(jobs: list) -> dict:
@@ -113,9 +157,21 @@ def describe_slurm(jobs: list, args) -> str:
     return "\n".join(lines)
 
 
+def poll_seconds() -> float:
+    raw = os.environ.get(POLL_ENV, "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise UserError(f"{POLL_ENV}={raw!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
 def run_slurm(jobs: list, args, out=None) -> list:
     out = out or sys.stdout
     params = slurm_parameters(args)
+    poll = 0.5 if args.submitit_cluster != "slurm" else poll_seconds()  # checked before anything is submitted
     try:
         import submitit
     except ImportError:
@@ -129,7 +185,7 @@ def run_slurm(jobs: list, args, out=None) -> list:
         try:
             executor = submitit.AutoExecutor(folder=folder / "slurm", cluster=args.submitit_cluster)
             executor.update_parameters(**params)
-            sjobs = executor.map_array(run_job, group, [env] * len(group))
+            sjobs = executor.map_array(slurm_task, group, [env] * len(group))
         except Exception as e:  # no srun/sbatch here, sbatch refusing the settings, ...
             msg = " ".join(str(e).split())[:300] or type(e).__name__
             raise UserError(f"Slurm submission failed: {msg} (run on a Slurm login node; check the --slurm_* "
@@ -145,7 +201,6 @@ def run_slurm(jobs: list, args, out=None) -> list:
                 sj.cancel(check=False)
 
     n, count = len(jobs), 0
-    poll = 30.0 if args.submitit_cluster == "slurm" else 0.5
     with SignalForwarder(cancel) as sig:
         waiting = list(submitted)
         while waiting:
@@ -156,12 +211,7 @@ def run_slurm(jobs: list, args, out=None) -> list:
                 waiting.remove((job, sj))
                 count += 1
                 r = results[id(job)]
-                try:
-                    r.rc = sj.result()
-                except Exception as e:  # timeout, node failure, cancellation: submitit's own words
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    r.note = f"submitit job {sj.job_id}: {first[:200]}; submitit log {sj.paths.stderr}"
-                r.status = "done" if r.rc == 0 else "interrupted" if sig.received or r.rc in (130, 143) else "failed"
+                outcome(r, sj, params["timeout_min"], sig.received is not None)
                 tail = "" if r.rc == 0 else f" ({r.note or f'exit {r.rc}'}; log: {job.log})"
                 print(f"[{count}/{n}] {r.status:<6} {job.name}  (job {sj.job_id}){tail}", file=out, flush=True)
             if waiting:
