@@ -1,6 +1,5 @@
 """tools.sweep: the sweep's executors (local processes pinned to GPUs or CPU slots; Slurm via submitit)."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -178,11 +177,14 @@ def test_submitit_executors_run_the_same_jobs(tmp_path, cluster):
     assert "fine" in (logs / "ok.log").read_text() and (logs / "slurm").is_dir()
 
 
-@pytest.mark.skipif(shutil.which("srun") is not None, reason="this machine is a Slurm node: it would submit")
 def test_slurm_off_a_cluster_is_one_line(tmp_path):
     pytest.importorskip("submitit", reason="submitit is optional (requirements-dev.txt)")
     f = write_jobs(tmp_path / "jobs", [("a", tmp_path / "a.log", ["true"])])
-    r = sweep_cli(f, "--executor", "slurm", "--slurm_time", "10")
+    # Off a cluster even where CI runs one: a PATH with Python but no Slurm commands (they live in /usr/bin).
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    r = sweep_cli(f, "--executor", "slurm", "--slurm_time", "10",
+                  env={"PATH": str(tmp_path / "bin"), "SLURM_CONF": str(tmp_path / "none.conf")})
     assert r.returncode == 2 and r.stderr.startswith("error: Slurm submission failed") and "srun" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "a.log").exists()
 
