@@ -295,9 +295,13 @@ def read_json(path: str | Path) -> Any:
 
 
 def torch_save_atomic(obj: Any, path: str | Path) -> None:
+    """Ctrl-C or SIGTERM (scancel, a time limit) mid-save takes effect once the file is complete: raised
+    inside torch.save's zip writer, it would surface as torch's RuntimeError ("unexpected pos") and the
+    run would end as failed instead of interrupted and resumable."""
     import torch
 
-    _atomic_replace(Path(path), lambda f: torch.save(obj, f))
+    with signals_deferred():
+        _atomic_replace(Path(path), lambda f: torch.save(obj, f))
 
 
 class UnsafeCheckpoint(UserError):

@@ -272,3 +272,41 @@ def test_sigterm_during_the_attack_of_a_trained_run_keeps_it_trained(tmp_path):
     assert finished_runs(tmp_path / "runs") == [run]  # run_gan_attack.py and its --sweep take it
     cfg = vars(build_parser().parse_args(flags))
     assert Run(cfg["folder"], "r").plan(cfg)[0] == "incomplete"  # a rerun adds the decoder results
+
+
+def test_sigterm_in_the_middle_of_a_checkpoint_save_waits_for_the_file(tmp_path, monkeypatch):
+    """scancel or a time limit during torch.save: raised inside torch's zip writer, the stop became
+    torch's RuntimeError ('unexpected pos') and the run ended failed; now the file is finished first."""
+    import torch
+
+    from utils import Terminated, load_checkpoint, torch_save_atomic
+
+    calls = []
+    real_save = torch.save
+
+    def save_then_sigterm(obj, f, *a, **k):
+        class Interrupting:  # a file whose first write is where SIGTERM lands
+            def __init__(self, inner):
+                self.inner = inner
+
+            def write(self, data):
+                if not calls:
+                    calls.append(1)
+                    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+                return self.inner.write(data)
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+        return real_save(obj, Interrupting(f), *a, **k)
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    monkeypatch.setattr(torch, "save", save_then_sigterm)
+    try:
+        with pytest.raises(Terminated):
+            torch_save_atomic({"w": torch.arange(10_000.0)}, tmp_path / "ck.pt")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert calls and torch.equal(load_checkpoint(tmp_path / "ck.pt")["w"], torch.arange(10_000.0))

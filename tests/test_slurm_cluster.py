@@ -179,7 +179,9 @@ def test_a_task_past_its_slurm_time_is_reported_timed_out_and_the_rerun_finishes
     # ~1 s an epoch here: 80 epochs outlast --slurm_time 1 (Slurm warns 30 s before it, checks every ~30 s)
     args = ("--sigmas", "0.1", "--lambdas", "0", "--epochs", "80", "--folder", str(folder), *SLURM)
     r = sweep(tmp_path, *args, "--slurm_time", "1")
-    (run,) = [p for p in folder.glob("*lambd0*") if p.is_dir()]
+    runs = [p for p in folder.glob("*lambd0*") if p.is_dir()]
+    assert len(runs) == 1, r.stdout + r.stderr
+    (run,) = runs
     assert r.returncode == 1, r.stdout + r.stderr
     assert re.search(rf"\] timed out {run.name}  \(job \d+\) \(timed out: stopped by Slurm's warning 30 s before "
                      r"--slurm_time \(1 min\)", r.stdout), r.stdout
