@@ -81,15 +81,15 @@ def _files_inside(root: Path, recs: list[dict]) -> list[str]:
     for rec in recs:
         rec["train_log"] = None if why else log
         for res in rec["attacks"].values():
-            grid = res.get("grid")
+            grid, res["grid_file"] = res.get("grid"), None
             path = recorded_path(run_dir, grid)
-            bad = "not a path inside the run folder" if path is None and grid is not None else \
-                None if path is None else refused(root, path)
-            res["grid_file"] = path if path is not None and not bad else None
-            if bad and path is not None and not path.exists() and not path.is_symlink():
-                continue  # a grid not kept (or deleted): nothing to warn about
+            if grid is None or path is not None and not path.exists() and not path.is_symlink():
+                continue  # no grid, or one not kept (deleted): nothing to show or warn about
+            bad = "not a path inside the run folder" if path is None else refused(root, path)
             if bad:
                 notes.append(f"not reading the grid {one_line(repr(grid))[:120]} of {one_line(run_dir)}: {bad}")
+            else:
+                res["grid_file"] = path
     return list(dict.fromkeys(notes))
 
 
