@@ -10,6 +10,7 @@ import torch.nn as nn
 from utils import UserError
 
 from .bottleneck import build_bottleneck, parse_bottleneck
+from .published_init import INITS, published_resnet_init, published_vgg_init
 from .resnet import RESNET_ARCHS, resnet_extra_layer, resnet_head, resnet_is_sigmoid, resnet_num_layers, resnet_trunk
 from .vgg import VGG_ARCHS, vgg_extra_layer, vgg_head, vgg_is_sigmoid, vgg_num_layers, vgg_trunk
 
@@ -115,7 +116,8 @@ def _named_trunk(arch: str, cutlayer: int, extra_device_layer: bool):
 def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: int = 32,
                       bottleneck_option: Optional[str] = "None",
                       extra_device_layer: bool = False,
-                      device_tail: Optional[Callable[[Sequence[int]], nn.Module]] = None) -> SplitModel:
+                      device_tail: Optional[Callable[[Sequence[int]], nn.Module]] = None,
+                      init: str = "ours") -> SplitModel:
     """Build `arch` cut after layer `cutlayer` (1-based; max-pools count as VGG layers).
 
     Sigmoid-terminated archs (`*_sgm`, `resnet20`) always end the encoder with a Sigmoid; others end
@@ -124,6 +126,7 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
     `device_tail(shape)` builds a layer for the bottleneck's (C, H, W) output that runs right after it,
     before the final Sigmoid / BatchNorm (encoder key `tail`): SCA's sparse-coding layer
     (defenses/sca.py), where the published models put it. It needs a bottleneck.
+    `init`: ours (`init_weights`) or published (`published_init.py`: device side only, by family).
     """
     _check_arch(arch)
     top = max_cutlayer(arch)
@@ -133,6 +136,8 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
         raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not _is_int(image_size) or image_size < 1:
         raise UserError(f"image size must be a positive integer, got {image_size!r}")
+    if init not in INITS:
+        raise UserError(f"--init must be {' or '.join(INITS)} (got {init!r})")
     spec = parse_bottleneck(bottleneck_option)
 
     if arch in VGG_ARCHS:
@@ -173,7 +178,12 @@ def build_split_model(arch: str, cutlayer: int, num_classes: int, image_size: in
     classifier = head_fn(trunk_shape, num_classes)
     model = SplitModel(encoder, server, classifier, (0, 0, 0), arch, cutlayer, image_size,
                        num_classes, "None" if spec is None else bottleneck_option)
-    init_weights(model)
+    if init == "ours":
+        init_weights(model)
+    elif arch in VGG_ARCHS:
+        published_vgg_init(encoder)
+    else:
+        published_resnet_init(encoder, server)
     model.feature_shape = _dry_shape(encoder, image_size, what)
     model.extra_device_layer = "extra" in enc
     model.nominal_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -31,7 +31,7 @@ def _load_everything(cfg: dict, device):
                           num_classes=cfg.get("num_classes"))
     model = build_split_model(cfg["arch"], int(cfg["cutlayer"]), bundle.num_classes, bundle.image_size,
                               cfg["bottleneck_option"], extra_device_layer=extra_device_layer(cfg),
-                              device_tail=device_tail(cfg))
+                              device_tail=device_tail(cfg), init=str(cfg.get("init") or "ours"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         defenses = build_defenses(cfg, bundle.num_classes, len(bundle.train), feature_shape=tuple(model.feature_shape),

@@ -41,7 +41,7 @@ PAPER_EXACT = {
     "select_on": "test", "cem_stats": "published", "cem_kmeans": "published", "gan_adv_init": "xavier",
     "gan_pretrain_data": "test",
     "patrol_optimizer": "published", "attacker_data": "published", "decoder_heldout_bn": "train",
-    "gan_loop": "published", "attack_view": "noise_only",
+    "gan_loop": "published", "attack_view": "noise_only", "init": "published",
 }
 
 
@@ -72,6 +72,11 @@ def build_parser(description: str = "Train one configuration, then attack it.") 
     m.add_argument("--bottleneck_option", default="noRELU_C8S1",
                    help="device-side bottleneck, e.g. noRELU_C8S1 = 8 channels, stride 1, no ReLU; "
                         "None disables (default: %(default)s)")
+    m.add_argument("--init", default="ours", choices=["ours", "published"],
+                   help="target-model init: ours (Kaiming fan-out convs, N(0, 0.01) linear, zero biases) or "
+                        "published (the published models': device side Xavier for VGG, N(0, sqrt(2/(k*k*out))) "
+                        "for ResNet, the rest mostly at PyTorch's defaults; docs/differences.md) "
+                        "(default: %(default)s)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="cifar10",
                    help="cifar10, cifar100, facescrub, tinyimagenet, digits, "

@@ -44,6 +44,7 @@ NOT_RESULT_KEYS = frozenset({
 # and are not redone; any other value counts like every other setting.
 PUBLISHED_SWITCHES = frozenset({
     "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
+    "init",
 })
 
 

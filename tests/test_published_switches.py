@@ -16,7 +16,7 @@ from lifecycle.identity import PUBLISHED_SWITCHES, identity
 from lifecycle.results import attack_key
 
 PUBLISHED = {"cem_stats": "published", "cem_kmeans": "published", "attacker_data": "published",
-             "decoder_heldout_bn": "train", "gan_adv_init": "xavier", "gan_loop": "published"}
+             "decoder_heldout_bn": "train", "gan_adv_init": "xavier", "gan_loop": "published", "init": "published"}
 
 
 def cfg(**over):
