@@ -35,12 +35,13 @@ class PreparedState:
     usable: torch.Tensor    # [C] class has at least one valid cluster
     pi: torch.Tensor        # [C*K + 1]
     v: torch.Tensor         # [C*K + 1] stored variances
-    a_coef: torch.Tensor    # [C*K + 1] alpha_scale / (pi * N / C)
+    a_coef: torch.Tensor    # [C*K + 1] alpha_scale / (pi * N / C); published_stats: 1 / (pi * N / C)
     floor: float
     log_entropy: bool
     gamma: float
     compile: bool = False   # fuse the loss with torch.compile when on CUDA
     published_stats: bool = False  # --cem_stats published: see _loss_and_grad
+    alpha_scale: float = 10.0
 
 
 @torch.no_grad()
@@ -54,8 +55,9 @@ def prepare_state(centroids, variances, weights, valid, sigma, var_threshold, n_
     return PreparedState(
         mu=mu, mu_flat=torch.cat([mu.reshape(-1, d), mu.new_zeros(1, d)]),
         musq=(mu * mu).sum(-1).masked_fill(~valid, float("inf")), usable=valid.any(1), pi=pi, v=pad(variances),
-        a_coef=alpha_scale / expected, floor=math.log(var_threshold * sigma**2 + gamma),
-        log_entropy=bool(log_entropy), gamma=gamma, compile=bool(compile), published_stats=bool(published_stats))
+        a_coef=expected.reciprocal() if published_stats else alpha_scale / expected,
+        floor=math.log(var_threshold * sigma**2 + gamma), log_entropy=bool(log_entropy), gamma=gamma,
+        compile=bool(compile), published_stats=bool(published_stats), alpha_scale=float(alpha_scale))
 
 
 def _published_lookup(y, num_classes: int, k: int) -> torch.Tensor:
@@ -73,14 +75,16 @@ def _published_lookup(y, num_classes: int, k: int) -> torch.Tensor:
 
 
 def _loss_and_grad(z, y, mu, mu_flat, musq, usable, pi, v, a_coef, floor: float, gamma: float,
-                   log_entropy: bool, published_stats: bool = False):
+                   log_entropy: bool, published_stats: bool = False, alpha_scale: float = 10.0):
     """L_C and its gradient to z, written out so backward is a single multiply.
 
     With sq_i = mean_d (z_i - mu_g)^2 and g the group of sample i:
     dL/dz_i = (1/#classes) * pi_g * alpha_g / n_g * f'(v_hat_g) * 2 (z_i - mu_g) / D, where
     f' = 1[log(v_hat+gamma) > floor] / (v_hat + gamma) for the log surrogate and 1 otherwise.
     alpha_g depends on counts only, and centroids/assignments carry no gradient (DESIGN §6.3).
-    published_stats: each group's v, pi (and so alpha) are another group's, as published.
+    published_stats: each group's v, pi (and so alpha) are another group's, as published, and alpha is
+    the published float32 (n * (1 / (pi N / C))) * scale, set to 0.99 only from 1 on (`if var_lambda >= 1`):
+    a value in (0.99, 1), up to 0.99999994, is kept where ours caps it at 0.99.
     """
     d = z.shape[1]
     num_classes, k, _ = mu.shape
@@ -95,7 +99,11 @@ def _loss_and_grad(z, y, mu, mu_flat, musq, usable, pi, v, a_coef, floor: float,
     sq = diff.pow(2).mean(1)
     sums = torch.zeros(groups + 1, 2, device=z.device).index_add_(0, gid, torch.stack((sq, torch.ones_like(sq)), 1))
     s_g, n_g = sums[:, 0], sums[:, 1]
-    alpha = (n_g * a_coef).clamp_max(0.99)
+    if published_stats:
+        alpha = n_g * a_coef * alpha_scale
+        alpha = torch.where(alpha >= 1.0, torch.full_like(alpha, 0.99), alpha)
+    else:
+        alpha = (n_g * a_coef).clamp_max(0.99)
     v_hat = torch.lerp(v, s_g / n_g.clamp_min(1.0), alpha)
     w = pi * (n_g > 0)
     n_cls = (n_g[:groups].view(num_classes, k).amax(1) > 0).sum().clamp_min(1).float()
@@ -126,7 +134,7 @@ class _CEMLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, y, st: "PreparedState"):
         args = (z, y, st.mu, st.mu_flat, st.musq, st.usable, st.pi, st.v, st.a_coef, st.floor, st.gamma,
-                st.log_entropy, st.published_stats)
+                st.log_entropy, st.published_stats, st.alpha_scale)
         # Inside a CUDA graph the launches the fusion saves are free already: keep plain kernels.
         use_compile = st.compile and z.is_cuda and not torch.cuda.is_current_stream_capturing()
         try:

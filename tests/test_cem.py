@@ -37,7 +37,8 @@ def loop_cem_loss(z, y, centroids, variances, weights, valid, sigma, tau, n_trai
         n = len(idx)
         b = torch.stack([((z[i] - centroids[c, k]) ** 2).mean() for i in idx]).mean()
         pi = float(weights[src[c], k])
-        alpha = min(alpha_scale * n / (pi * n_train / C), 0.99) if pi > 0 else 0.99
+        alpha = alpha_scale * n / (pi * n_train / C) if pi > 0 else 1.0
+        alpha = 0.99 if alpha >= 1 else alpha if published_stats else min(alpha, 0.99)
         v = alpha * b + (1 - alpha) * float(variances[src[c], k])
         if log_entropy:
             total = total + pi * torch.relu(torch.log(v + gamma) - math.log(tau * sigma**2 + gamma))
@@ -228,3 +229,21 @@ def test_collapsed_features_are_reported_once():
         cem.on_epoch_end(t)
     assert healthy.lines == []
     assert len(collapsed.lines) == 1 and "collapsed after epoch 4" in collapsed.lines[0]
+
+
+@pytest.mark.parametrize("n, want_alpha", [(5, 0.99999994), (6, 0.99)])
+def test_published_stats_keep_an_alpha_just_below_one(n, want_alpha):
+    """The published `if var_lambda >= 1: var_lambda = 0.99` caps only from 1 on. Its float32
+    (5 / (0.01 * 5000)) * 10 is 0.99999994 (0.01 is the published padding weight), which it keeps;
+    ours caps every alpha at 0.99."""
+    z, y = torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)
+    state = (torch.zeros(1, 1, 4), torch.tensor([[10.0]]), torch.tensor([[0.01]]), torch.ones(1, 1, dtype=torch.bool))
+
+    def loss(published):
+        return float(cem_batch_loss(z, y, *state, 0.5, 0.125, 5000, log_entropy=False, published_stats=published))
+
+    # b = 0 (z on the centroid), stored v = 10: v_hat = (1 - alpha) * 10, loss = 0.01 * (v_hat + 0.001)
+    alpha = (n * (1 / (torch.tensor(0.01) * 5000.0))) * 10
+    assert float(alpha) == pytest.approx(want_alpha, abs=1e-9) if n == 5 else float(alpha) > 1
+    assert loss(True) == pytest.approx(0.01 * ((1 - want_alpha) * 10 + 0.001), rel=1e-3)
+    assert loss(False) == pytest.approx(0.01 * (0.01 * 10 + 0.001), rel=1e-6)
