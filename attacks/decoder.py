@@ -62,10 +62,12 @@ def attacker_splits(bundle, mode: str, seed: int, data: str = "split"):
       gives at least one eval image. Eval images are ordered round-robin over classes so the first
       few (the picture grid) span the classes.
     data="published" (`--attacker_data published`): the published attacker's images: train_time fits
-      on every training image, the validation split included (50k on CIFAR-10), infer_time on all of
-      its 90% of the test set; the per-epoch held-out pass runs on the scoring images, as the
-      published one runs on its test loader (the final decoder is what is reported either way; with
-      `--decoder_heldout_bn train` that pass moves BatchNorm's statistics, as published).
+      on every training image, the validation split included (50k on CIFAR-10); infer_time splits the
+      test set by index, as published: the first n - n//10 images fit, the last n//10 are scored (in
+      index order; on CIFAR-10 images 0-8999 and 9000-9999); the per-epoch held-out pass runs on the
+      scoring images, as the published one runs on its test loader (the final decoder is what is
+      reported either way; with `--decoder_heldout_bn train` that pass moves BatchNorm's statistics, as
+      published).
     """
     if mode not in MODES:
         raise UserError(f"unknown attack mode '{mode}'; choose one of {', '.join(MODES)}")
@@ -79,6 +81,12 @@ def attacker_splits(bundle, mode: str, seed: int, data: str = "split"):
         return (*_holdout(train, seed), evals) if data == "split" else (train, evals, evals)
 
     test = bundle.test
+    if data == "published":
+        # datasets_torch.py: Subset(test, range(0, n - n // 10)) fits, the last n // 10 are scored, in index
+        # order (CIFAR's test set is not sorted by class; ImageFolder sets are, so there the last classes)
+        n_fit = len(test) - len(test) // 10
+        evals = _take(test, torch.arange(n_fit, len(test)))
+        return _take(test, torch.arange(n_fit)), evals, evals
     y = test.y.cpu()
     g = torch.Generator().manual_seed(seed)
     attacker_idx, eval_idx, eval_key = [], [], []
@@ -96,7 +104,7 @@ def attacker_splits(bundle, mode: str, seed: int, data: str = "split"):
     ev, key = torch.cat(eval_idx), torch.cat(eval_key)
     ev = ev[torch.argsort(key)]
     evals = _take(test, ev)
-    return (*_holdout(_take(test, att), seed + 1), evals) if data == "split" else (_take(test, att), evals, evals)
+    return (*_holdout(_take(test, att), seed + 1), evals)
 
 
 class DecoderAttack(TrainedAttack):

@@ -116,19 +116,22 @@ def fit_class_kmeans(
         mu = init.to(zp).clone()
         valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
 
-    prev = None
     assign = _assign(zp, mu, valid, zz)
-    done = 0
-    for _ in range(iters):
-        if prev is not None and bool(((assign == prev) | ~mask).all()):
-            break  # stable: mu are the means of `assign` and `assign` is nearest to mu
-        done += 1
-        _, n_ck, sums = _cluster_sums(zp, mask, assign, k)
-        filled = n_ck > 0
-        mu = torch.where(filled.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
-        valid = (counts > 0).unsqueeze(1).expand(-1, k) if published else filled
-        prev = assign
-        assign = _assign(zp, mu, valid, zz)
+    if published:
+        mu, assign, done = _published_lloyd(zp, mask, counts, mu, assign, zz, iters)
+    else:
+        prev = None
+        done = 0
+        for _ in range(iters):
+            if prev is not None and bool(((assign == prev) | ~mask).all()):
+                break  # stable: mu are the means of `assign` and `assign` is nearest to mu
+            done += 1
+            _, n_ck, sums = _cluster_sums(zp, mask, assign, k)
+            filled = n_ck > 0
+            mu = torch.where(filled.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
+            valid = filled
+            prev = assign
+            assign = _assign(zp, mu, valid, zz)
 
     onehot, n_ck, _ = _cluster_sums(zp, mask, assign, k)
     valid = n_ck > 0
@@ -142,6 +145,30 @@ def fit_class_kmeans(
         variances, weights = _compact_published(variances, weights, n_ck)
         valid = (counts > 0).unsqueeze(1).expand(-1, k).clone()
     return mu, variances, weights, valid
+
+
+def _published_lloyd(zp, mask, counts, mu, assign, zz, iters: int):
+    """The published kmeans_cuda loop, run for every class at once but stopped per class as it runs
+    one class at a time. Its labels start at 0 and a class stops as soon as the new assignment equals
+    the labels: at the first iteration already when every member is nearest to cluster 0 (its
+    centroid then stays the seed). At the cap, the variances and weights come from the assignment the
+    last update used, not from one more assignment. Returns (mu, labels, updates run)."""
+    k = mu.shape[1]
+    candidates = (counts > 0).unsqueeze(1).expand(-1, k)   # emptied clusters stay candidates
+    labels = torch.zeros_like(assign)
+    stopped = torch.zeros(zp.shape[0], dtype=torch.bool, device=zp.device)
+    done = 0
+    for _ in range(iters):
+        stopped |= ((assign == labels) | ~mask).all(1)
+        if bool(stopped.all()):
+            break
+        done += 1
+        labels = torch.where(stopped.unsqueeze(1), labels, assign)
+        _, n_ck, sums = _cluster_sums(zp, mask, labels, k)
+        update = (n_ck > 0) & ~stopped.unsqueeze(1)
+        mu = torch.where(update.unsqueeze(-1), sums / n_ck.clamp_min(1).unsqueeze(-1), mu)
+        assign = _assign(zp, mu, candidates, zz)
+    return mu, labels, done
 
 
 def _compact(values: torch.Tensor, keep: torch.Tensor, fill: Optional[float]) -> torch.Tensor:
