@@ -125,7 +125,8 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
                    f"attack's evaluation images; higher MSE and lower SSIM/PSNR mean better privacy; "
                    f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run. "
                    "SSIM is the paper code's (zero-padded window); results.csv's ssim_lib (pytorch-msssim, valid "
-                   "window) runs 0.13-0.23 lower on 32-px reconstructions, so compare ssim with ssim only.\n")
+                   "window) differs from it by an amount, and in a direction, that depends on the images, so "
+                   "compare ssim with ssim only.\n")
     return "\n".join(out)
 
 
