@@ -16,8 +16,10 @@ import pickle
 import random
 import re
 import signal
+import stat
 import tempfile
 import threading
+import unicodedata
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,20 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import torch
+
+
+_BREAKS = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi) characters, lone surrogates, line breaks
+
+
+def one_line(value) -> str:
+    """`value` as text without line breaks or invisible control characters (newlines, carriage
+    returns, terminal escapes, U+2028, bidi overrides ...): each becomes a space, so a folder name or a
+    recorded string printed in a message cannot start a forged `error:` line, reach the terminal as an
+    escape code, nor start a new table row or heading in a report."""
+    return "".join(" " if unicodedata.category(c) in _BREAKS else c for c in str(value))
+
+
+shown = one_line  # for messages: reads better at the call site
 
 
 class UserError(Exception):
@@ -168,6 +184,8 @@ def _umask() -> int:
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():  # os.replace would fail with a traceback after the work
+        raise UserError(f"'{shown(path)}' is a folder where a file is written; remove or rename it")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to this user
@@ -344,11 +362,36 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", fix: str = "") 
                         f"{': ' + detail if detail else ''}){end}") from None
 
 
-def append_csv_row(path: str | Path, row: dict) -> None:
-    """Append one row; writes the header when the file is new."""
+def open_append(path: str | Path, text: bool = True):
+    """The one way this project appends (log.txt, train_log.csv, sweep logs): never through a symlink
+    (O_NOFOLLOW), never into a FIFO or device (O_NONBLOCK, then fstat), never into a file linked from
+    elsewhere (a hard link), so a folder someone else prepared cannot make a log line land outside it.
+    Any of those is one UserError naming the path."""
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+            what = "a folder" if e.errno == errno.EISDIR else "a symlink or special file"
+            raise UserError(f"'{shown(path)}' is {what} where this project appends its log; remove it "
+                            "(nothing was written through it)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link to another file"
+        raise UserError(f"'{shown(path)}' is {what} where this project appends its log; remove it "
+                        "(nothing was written through it)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", newline="") if text else os.fdopen(fd, "ab")
+
+
+def append_csv_row(path: str | Path, row: dict) -> None:
+    """Append one row (through open_append); writes the header when the file is new."""
+    path = Path(path)
+    with open_append(path) as f:
+        new = os.fstat(f.fileno()).st_size == 0
         w = csv.DictWriter(f, fieldnames=list(row.keys()))
         if new:
             w.writeheader()

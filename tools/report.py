@@ -58,7 +58,7 @@ def write_csv(runs, path: Path, which: str) -> None:
                                        "filename")))
     f = io.StringIO(newline="")
     w = csv.writer(f)  # quotes a value holding a comma, quote or newline: one run, one row
-    w.writerow(CONFIG_COLUMNS + metric_cols)
+    w.writerow([csv_value(c) for c in CONFIG_COLUMNS + metric_cols])  # attack names come from the runs too
     for i in order:
         r, sc = runs[i], flat[i]
         w.writerow([("" if r[c] is None else csv_value(r[c])) for c in CONFIG_COLUMNS]

@@ -16,19 +16,12 @@ from __future__ import annotations
 import html
 import os
 import stat
-import unicodedata
 from pathlib import Path
+
+from utils import one_line  # shared with the run lifecycle's messages; the report's modules take it from here
 
 # No run file comes near this (a grid PNG is tens of kB, a train_log.csv a few hundred).
 MAX_READ_BYTES = 64 * 2**20
-_BREAKS = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi) characters, lone surrogates, line breaks
-
-
-def one_line(value) -> str:
-    """`value` as text without line breaks or invisible control characters (newlines, carriage
-    returns, U+2028, bidi overrides ...): each becomes a space, so a string cannot start a new line,
-    table row or heading, nor reorder what is shown around it."""
-    return "".join(" " if unicodedata.category(c) in _BREAKS else c for c in str(value))
 
 
 # `|` ends a Markdown table cell, `<`/`&` start HTML in it, `[`/`]` and backticks make links and code;
