@@ -184,6 +184,10 @@ def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, re
         return metrics
     metrics["status"] = "attacking"
     write_json(run.metrics_path, metrics)
+    # Attack the model as a reload from the folder holds it (--attack_only, a rerun after a kill): the
+    # trainer's channels_last weights give convolutions that round differently, and an attack resumed
+    # after an interruption must equal the uninterrupted one bit for bit.
+    model.to(memory_format=torch.contiguous_format)
     return _attack(cfg, run, model, bundle, defenses, device, metrics, progress)
 
 
