@@ -283,6 +283,27 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _float_sized_int(text: str) -> int:
+    """Integers a float can hold: 10**400 is valid JSON that every mean, plot and format downstream would
+    overflow on (OverflowError), and no run file holds one."""
+    if len(text.lstrip("-")) > 308:
+        raise NotStrictJSON(f"holds the integer {text[:20]}… of {len(text.lstrip('-'))} digits, beyond what a "
+                            "float holds (this project never writes one)")
+    return int(text)
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: a key twice in one object (`"status": "training", "status": "finished"`)
+    reads as its last value in Python and its first in some other readers; write_json never writes one."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise NotStrictJSON(f"holds the key {one_line(repr(k))[:60]} twice in one object (this project "
+                                "never writes a key twice)")
+        out[k] = v
+    return out
+
+
 def _depth_ok(obj: Any) -> bool:
     stack = [(obj, 1)]
     while stack:
@@ -295,16 +316,18 @@ def _depth_ok(obj: Any) -> bool:
 
 
 def read_json(path: str | Path) -> Any:
-    """Strict, as write_json writes: a bare NaN or Infinity, or a number that overflows to one, raises
-    NotStrictJSON; a file too large or too deeply nested for a run file raises NotStrictJSON too (all
-    ValueErrors, which every reader turns into one line naming the file)."""
+    """Strict, as write_json writes: a bare NaN or Infinity, a number that overflows to one (or an
+    integer no float holds), or a key twice in one object raises NotStrictJSON; a file too large or too
+    deeply nested for a run file raises NotStrictJSON too (all ValueErrors, which every reader turns
+    into one line naming the file)."""
     with open(path, "rb") as f:
         raw = f.read(JSON_MAX_BYTES + 1)
     if len(raw) > JSON_MAX_BYTES:
         raise NotStrictJSON(f"is larger than {JSON_MAX_BYTES // 2**20} MiB, far more than any run file holds")
     too_deep = NotStrictJSON(f"is nested more than {JSON_MAX_DEPTH} levels deep, which no run file is")
     try:
-        data = json.loads(raw, parse_constant=reject_non_finite, parse_float=_finite_float)
+        data = json.loads(raw, parse_constant=reject_non_finite, parse_float=_finite_float,
+                          parse_int=_float_sized_int, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise too_deep from None
     if not _depth_ok(data):

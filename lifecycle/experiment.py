@@ -17,7 +17,17 @@ from lifecycle.identity import attack_keys, default_filename, identity
 from lifecycle.results import todo
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
-from utils import OutOfSpace, RunFailed, Terminated, UserError, disk_full, resolve_device, seed_everything, write_json
+from utils import (
+    OutOfSpace,
+    RunFailed,
+    Terminated,
+    UserError,
+    disk_full,
+    one_line,
+    resolve_device,
+    seed_everything,
+    write_json,
+)
 
 
 def _load_everything(cfg: dict, device):
@@ -260,11 +270,13 @@ def main_guard(fn: Callable[[], int], stage: str = "training") -> int:
     exception says otherwise (an attack after training)."""
     try:
         return fn() or 0
+    # one_line: messages name folders and recorded strings, whose newlines or terminal escapes would forge
+    # another `error:` line or reach the user's terminal
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (RunFailed, OutOfSpace) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # a full disk under a log or CSV append, which are not written atomically
         if not disk_full(e):

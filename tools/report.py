@@ -36,7 +36,7 @@ from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
-from tools.untrusted import csv_value, md
+from tools.untrusted import csv_value, md, one_line
 from utils import write_file_atomic
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
@@ -185,7 +185,7 @@ def run(args) -> list[Path]:
                           f"with --folder {folder} first")
     found = attack_modes(runs)
     if (args.attack, args.mode) not in found:
-        have = ", ".join(f"{a}/{m}" for a, m in found) or "none"
+        have = one_line(", ".join(f"{a}/{m}" for a, m in found) or "none")  # attack names come from the runs
         print(f"warning: no run has {args.attack}/{args.mode} attack scores (found: {have}); "
               f"table cells show accuracy only", file=sys.stderr)
     out = Path(args.out) if args.out else folder
