@@ -120,14 +120,20 @@ class Run:
                                 "(or stop it), or use another --filename") from None
             raise
         self._lock_fd = fd
-        try:  # prove it, as permissions, read-only mounts and ACLs all decide (a new file: no name to plant)
-            fd, probe = tempfile.mkstemp(prefix=".write_test", suffix=TMP_GLOB[2:], dir=self.dir)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
-            self.close()
-            raise UserError(f"run folder '{self.dir}' is not writable ({e.strerror}); fix its permissions "
-                            "or use another --folder / --filename") from None
+        # Prove it, as permissions, read-only mounts and ACLs all decide (a new file: no name to plant), for
+        # the run's own subfolders too: a read-only images/ would fail only once the decoder has trained.
+        for d in (self.dir, *(self.dir / f for f in FOLDERS)):
+            if d != self.dir and not (d.is_dir() and not d.is_symlink()):
+                continue  # made when first written; a link there is refused below
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".write_test", suffix=TMP_GLOB[2:], dir=d)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                self.close()
+                what = "run folder" if d == self.dir else "folder"
+                raise UserError(f"{what} '{shown(d)}' is not writable ({e.strerror}); fix its permissions "
+                                "or use another --folder / --filename") from None
         try:
             self.refuse_foreign_entries()
         except UserError:

@@ -60,3 +60,40 @@ def test_error_lines_cannot_forge_lines_or_reach_the_terminal(capsys):
     assert main_guard(bad) == 2
     line = _one_error(capsys.readouterr().err)
     assert "\x1b" not in line and "\r" not in line and "\u2028" not in line and line.count("error:") == 2
+
+
+def test_a_read_only_images_folder_is_refused_before_the_decoder_trains(copy_run, capsys, monkeypatch):
+    """As root every folder is writable, so the refusal a read-only images/ gives is simulated where
+    the folder is proven writable."""
+    import errno
+    import tempfile
+
+    import lifecycle.run_folder as run_folder
+    argv, run = copy_run
+    real = tempfile.mkstemp
+
+    def read_only_images(*a, dir=None, **k):
+        if dir is not None and dir.name == "images":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(run_folder.tempfile, "mkstemp", read_only_images)
+    before = (run / "metrics.json").read_bytes()
+    assert main_MIA.main(argv + ["--attack_only", "--force"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "images" in line and "not writable" in line
+    assert (run / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["results.md", "report.html", "results.csv"])
+def test_a_folder_at_a_report_output_is_one_line_and_nothing_is_written(tmp_path, capsys, name):
+    from seed_sweep import write_run
+
+    from tools import report
+
+    root = tmp_path / "runs"
+    write_run(root, 0.05, 0.0, 125, 30.0, {"decoder": 0.1})
+    (root / name).mkdir()
+    assert report.main([str(root)]) == 2
+    assert name in _one_error(capsys.readouterr().err)
+    assert not any((root / n).is_file() for n in ("results.csv", "results.md", "tradeoff.png", "report.html"))

@@ -31,7 +31,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
@@ -193,6 +195,7 @@ def run(args) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot create output folder '{out}' ({e.strerror}); pass a writable --out") from None
+    writable(out)
     grouped = groups(runs, args.attack)  # split by this attack's settings only, not by other attacks'
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
@@ -219,6 +222,23 @@ def run(args) -> list[Path]:
     for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")
     return [csv_path, md_path, png_path, html_path]
+
+
+OUTPUTS = ("results.csv", "results.md", "tradeoff.png", "report.html")
+
+
+def writable(out: Path) -> None:
+    """Before anything is written: a folder at an output's name, or a folder `out` that cannot take a new
+    file, would stop the report half-way, some outputs new and others old."""
+    for name in OUTPUTS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise ReportError(f"'{one_line(out / name)}' is a folder; remove or rename it, or pass another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ReportError(f"cannot write into '{one_line(out)}' ({e.strerror}); pass a writable --out") from None
 
 
 def main(argv=None) -> int:
