@@ -97,3 +97,23 @@ def test_a_folder_at_a_report_output_is_one_line_and_nothing_is_written(tmp_path
     assert report.main([str(root)]) == 2
     assert name in _one_error(capsys.readouterr().err)
     assert not any((root / n).is_file() for n in ("results.csv", "results.md", "tradeoff.png", "report.html"))
+
+
+def test_finite_extremes_are_left_out_not_overflowed(tmp_path, capsys):
+    """1.7e308 is finite JSON, but its mean over two seeds is not; MSE 1e-300 without CEM makes the gain
+    +inf%; 1e308 in train_log.csv breaks the curves' axis. The report leaves each out and finishes."""
+    from seed_sweep import write_run
+
+    from tools import report
+
+    root = tmp_path / "runs"
+    for seed in (125, 126):
+        write_run(root, 0.05, 0.0, seed, 30.0, {"decoder": 1e-300})
+        write_run(root, 0.05, 16.0, seed, 29.0, {"decoder": 1.7e308})
+    run = write_run(root, 0.1, 16.0, 125, 29.0, {"decoder": 0.5})
+    (run / "train_log.csv").write_text("epoch,train_acc,val_acc,cem_loss\n1,1e308,1.7e308,-1.7e308\n2,3,4,5\n")
+    assert report.main([str(root)]) == 0
+    capsys.readouterr()
+    text = (root / "results.md").read_text() + (root / "results.csv").read_text()
+    assert "inf" not in text and "e+308" not in text
+    assert (root / "report.html").stat().st_size > 0
