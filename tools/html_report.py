@@ -11,9 +11,11 @@ network) and the folder can be copied or archived as it is. It holds:
     comparing the grids' rows of originals, and says so under each row of grids;
   - per run, its training curves from train_log.csv (accuracy, CEM term, mean cluster variance, λ_eff).
 report_files/ is made anew on every report (a symlink or file of that name is removed, not followed):
-the grids are copies, so the page also works when written with --out elsewhere. Only grids that are
-regular files inside the folder, readable PNGs of a plausible size, are copied (tools/untrusted.py);
-each one refused is named on the page, under "Skipped", and on stderr.
+the grids are copies, so the page also works when written with --out elsewhere, each named after its
+run folder and a digest of that folder's path (`_run_stem`), so runs of one name under two parents
+never share a file. Only grids that are regular files inside the folder, readable PNGs of a plausible
+size, are copied (tools/untrusted.py); each one refused is named on the page, under "Skipped", and on
+stderr.
 """
 from __future__ import annotations
 
