@@ -188,3 +188,28 @@ def test_a_folder_where_a_whole_file_goes_is_one_error_line(tmp_path):
     (tmp_path / "metrics.json").mkdir()
     with pytest.raises(utils.UserError, match="metrics.json"):
         utils.write_json(tmp_path / "metrics.json", {"a": 1})
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder metrics.json", "folder in images", "hard-linked log"])
+def test_other_foreign_entries_are_refused_when_the_folder_is_opened(tmp_path, kind):
+    from lifecycle.run_folder import Run
+
+    run = Run(tmp_path / "runs", "r")
+    (run.dir / "images").mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    name = {"fifo": "log.txt", "folder metrics.json": "metrics.json", "folder in images": "images/x.png",
+            "hard-linked log": "train_log.csv"}[kind]
+    if kind == "fifo":
+        os.mkfifo(run.dir / name)
+    elif kind == "hard-linked log":
+        os.link(victim, run.dir / name)
+    else:
+        (run.dir / name).mkdir()
+    with pytest.raises(utils.UserError, match=name.split("/")[-1]):
+        run.open()
+    assert victim.read_bytes() == b"precious\n"
+    p = run.dir / name
+    p.rmdir() if p.is_dir() else p.unlink()
+    run.open()  # the lock was released with the refusal, and the folder is fine without the entry
+    run.close()
