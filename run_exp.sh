@@ -159,6 +159,11 @@ validate() {
   # A seed given twice is one run planned twice: one mean would count it twice, and two jobs would share a folder.
   x=$(printf '%s\n' $SEEDS | sed 's/^0*\([0-9]\)/\1/' | sort | uniq -d | head -n 1)
   [[ -z $x ]] || die "seed $x is given twice in --seeds '$SEEDS'"
+  # main_MIA.py refuses seeds beyond 2**63 - 1 (torch's generators); say so now, not once per planned run.
+  for x in $(printf '%s\n' $SEEDS | sed 's/^0*\([0-9]\)/\1/'); do
+    [[ ${#x} -lt 19 || ( ${#x} -eq 19 && ! $x > 9223372036854775807 ) ]] ||
+      die "seed $x in --seeds is beyond 9223372036854775807 (2**63 - 1), the largest main_MIA.py takes"
+  done
   [[ -n $SIGMAS && -n $LAMBDAS && -n $CUTLAYERS ]] || die "empty --sigmas, --lambdas or --cutlayers"
   [[ -n ${DEFENSES// /} && -n ${AT_STRENGTHS// /} ]] || die "empty --defenses or --at_strengths (use None for no extra defence)"
   for x in $AT_STRENGTHS; do
@@ -167,6 +172,14 @@ validate() {
   done
   for x in $DEFENSES; do
     [[ $x =~ ^[A-Za-z0-9_.+-]+$ ]] || die "'$x' is not an --AT_regularization value (check --defenses)"
+  done
+  # "0.05 .5e-1" or "16 16.0": two spellings of one value would plan one run folder twice.
+  local opt list
+  for opt in sigmas lambdas at_strengths; do
+    case $opt in sigmas) list=$SIGMAS ;; lambdas) list=$LAMBDAS ;; *) list=$AT_STRENGTHS ;; esac
+    x=$(printf '%s\n' $list | awk '{k = sprintf("%.17g", $1 + 0); if (k in seen) { print seen[k] " and " $1; exit }
+                                     seen[k] = $1}')
+    [[ -z $x ]] || die "--$opt '$list' gives one value twice ($x are the same number); give each once"
   done
   command -v "$PYTHON" >/dev/null 2>&1 || die "Python interpreter '$PYTHON' not found; set PYTHON=/path/to/venv/bin/python or pass --python"
   # --extra is appended to every configuration and argparse keeps a flag's last value, so an --extra flag

@@ -16,8 +16,10 @@ import pickle
 import random
 import re
 import signal
+import stat
 import tempfile
 import threading
+import unicodedata
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,20 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import torch
+
+
+_BREAKS = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi) characters, lone surrogates, line breaks
+
+
+def one_line(value) -> str:
+    """`value` as text without line breaks or invisible control characters (newlines, carriage
+    returns, terminal escapes, U+2028, bidi overrides ...): each becomes a space, so a folder name or a
+    recorded string printed in a message cannot start a forged `error:` line, reach the terminal as an
+    escape code, nor start a new table row or heading in a report."""
+    return "".join(" " if unicodedata.category(c) in _BREAKS else c for c in str(value))
+
+
+shown = one_line  # for messages: reads better at the call site
 
 
 class UserError(Exception):
@@ -168,6 +184,8 @@ def _umask() -> int:
 def _atomic_replace(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() and not path.is_symlink():  # os.replace would fail with a traceback after the work
+        raise UserError(f"'{shown(path)}' is a folder where a file is written; remove or rename it")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to this user
@@ -265,6 +283,27 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _float_sized_int(text: str) -> int:
+    """Integers a float can hold: 10**400 is valid JSON that every mean, plot and format downstream would
+    overflow on (OverflowError), and no run file holds one."""
+    if len(text.lstrip("-")) > 308:
+        raise NotStrictJSON(f"holds the integer {text[:20]}… of {len(text.lstrip('-'))} digits, beyond what a "
+                            "float holds (this project never writes one)")
+    return int(text)
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: a key twice in one object (`"status": "training", "status": "finished"`)
+    reads as its last value in Python and its first in some other readers; write_json never writes one."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise NotStrictJSON(f"holds the key {one_line(repr(k))[:60]} twice in one object (this project "
+                                "never writes a key twice)")
+        out[k] = v
+    return out
+
+
 def _depth_ok(obj: Any) -> bool:
     stack = [(obj, 1)]
     while stack:
@@ -277,16 +316,18 @@ def _depth_ok(obj: Any) -> bool:
 
 
 def read_json(path: str | Path) -> Any:
-    """Strict, as write_json writes: a bare NaN or Infinity, or a number that overflows to one, raises
-    NotStrictJSON; a file too large or too deeply nested for a run file raises NotStrictJSON too (all
-    ValueErrors, which every reader turns into one line naming the file)."""
+    """Strict, as write_json writes: a bare NaN or Infinity, a number that overflows to one (or an
+    integer no float holds), or a key twice in one object raises NotStrictJSON; a file too large or too
+    deeply nested for a run file raises NotStrictJSON too (all ValueErrors, which every reader turns
+    into one line naming the file)."""
     with open(path, "rb") as f:
         raw = f.read(JSON_MAX_BYTES + 1)
     if len(raw) > JSON_MAX_BYTES:
         raise NotStrictJSON(f"is larger than {JSON_MAX_BYTES // 2**20} MiB, far more than any run file holds")
     too_deep = NotStrictJSON(f"is nested more than {JSON_MAX_DEPTH} levels deep, which no run file is")
     try:
-        data = json.loads(raw, parse_constant=reject_non_finite, parse_float=_finite_float)
+        data = json.loads(raw, parse_constant=reject_non_finite, parse_float=_finite_float,
+                          parse_int=_float_sized_int, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise too_deep from None
     if not _depth_ok(data):
@@ -344,11 +385,36 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", fix: str = "") 
                         f"{': ' + detail if detail else ''}){end}") from None
 
 
-def append_csv_row(path: str | Path, row: dict) -> None:
-    """Append one row; writes the header when the file is new."""
+def open_append(path: str | Path, text: bool = True):
+    """The one way this project appends (log.txt, train_log.csv, sweep logs): never through a symlink
+    (O_NOFOLLOW), never into a FIFO or device (O_NONBLOCK, then fstat), never into a file linked from
+    elsewhere (a hard link), so a folder someone else prepared cannot make a log line land outside it.
+    Any of those is one UserError naming the path."""
     path = Path(path)
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EISDIR):
+            what = "a folder" if e.errno == errno.EISDIR else "a symlink or special file"
+            raise UserError(f"'{shown(path)}' is {what} where this project appends its log; remove it "
+                            "(nothing was written through it)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else "a hard link to another file"
+        raise UserError(f"'{shown(path)}' is {what} where this project appends its log; remove it "
+                        "(nothing was written through it)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", newline="") if text else os.fdopen(fd, "ab")
+
+
+def append_csv_row(path: str | Path, row: dict) -> None:
+    """Append one row (through open_append); writes the header when the file is new."""
+    path = Path(path)
+    with open_append(path) as f:
+        new = os.fstat(f.fileno()).st_size == 0
         w = csv.DictWriter(f, fieldnames=list(row.keys()))
         if new:
             w.writeheader()

@@ -1,12 +1,15 @@
 """Reconstruction grids: originals on top, reconstructions below, column by column."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
+
+from utils import write_file_atomic
 
 
 def _pad_rows(t: torch.Tensor, total: int) -> torch.Tensor:
@@ -38,6 +41,7 @@ def save_grid(originals: torch.Tensor, recons: torch.Tensor, path, nrow: int = 1
         tiles = F.interpolate(tiles, scale_factor=factor, mode="nearest")
     grid = make_grid(tiles, nrow=per_row, padding=2, pad_value=1.0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    buf = io.BytesIO()
+    save_image(grid, buf, format="png")
+    write_file_atomic(path, buf.getvalue())  # the project's one writer: a link at `path` is never followed
     return path

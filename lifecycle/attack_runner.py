@@ -18,7 +18,7 @@ from attacks.flags import DEFAULTS, gan_epochs
 from lifecycle.flags import attack_lists
 from lifecycle.identity import attack_keys
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
-from utils import UserError, read_json, seed_everything, signals_deferred, write_json
+from utils import UserError, one_line, read_json, seed_everything, signals_deferred, write_json
 
 
 def attack_flags() -> frozenset:
@@ -160,7 +160,8 @@ def finished_runs(folder) -> list[Path]:
             m = read_json(path)
         except (OSError, ValueError) as e:  # e.g. a bare NaN: say so rather than leave the run out unseen
             why = (str(e).splitlines() or [""])[0][:160]
-            print(f"warning: skipping {path}: unreadable ({type(e).__name__}: {why})", file=sys.stderr)
+            print(f"warning: skipping {one_line(path)}: unreadable ({type(e).__name__}: {one_line(why)})",
+                  file=sys.stderr)
             continue
         if isinstance(m, dict) and m.get("status") == "finished" and "train" in m:
             out.append(path.parent)
@@ -196,15 +197,15 @@ def sweep(folder, settings: dict, force: bool = False, run: Optional[Callable] =
         raise UserError(f"no finished run below '{folder}'; train runs with main_MIA.py or run_exp.sh first")
     status = {}
     for i, run_dir in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {run_dir}", flush=True)
+        print(f"[{i}/{len(runs)}] {one_line(run_dir)}", flush=True)
         if not force and already_attacked(run_dir, settings):
-            print(f"already attacked: {run_dir} (use --force to attack it again)")
+            print(f"already attacked: {one_line(run_dir)} (use --force to attack it again)")
             status[str(run_dir)] = "skipped"
             continue
         try:
             (run or attack_run)(run_dir, settings)
         except UserError as e:  # one bad run folder must not stop the others
-            print(f"failed: {run_dir}: {e}", flush=True)
+            print(f"failed: {one_line(run_dir)}: {one_line(e)}", flush=True)
             status[str(run_dir)] = "failed"
             continue
         status[str(run_dir)] = "attacked"

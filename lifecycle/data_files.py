@@ -2,9 +2,10 @@
 
 The run identity holds the dataset *spec*, e.g. `npz:faces.npz`; without more, a new file at the same path
 would pass for the old one and its finished results would be reused. So config.json records, per npz
-file, its size, modification time and SHA-256 (`data_files`), and a run is reused, resumed or attacked
-only while the files still hold those contents: a size and modification time both unchanged count as
-unchanged (nothing is read), otherwise the file is hashed again (a `touch` alone is no change).
+file, its size, modification and inode change times and SHA-256 (`data_files`), and a run is reused,
+resumed or attacked only while the files still hold those contents: size and both times unchanged count
+as unchanged (nothing is read), otherwise the file is hashed again (a `touch` alone is no change; new
+contents with the old mtime put back, `touch -r`, still change the inode change time).
 Image folders (`imagefolder:`) are not digested: hashing every image on each check costs more than it
 saves. Standard library only (the sweep's planner checks runs without importing torch).
 """
@@ -50,7 +51,8 @@ def record(cfg: dict) -> list[dict]:
     out = []
     for p in npz_paths(cfg):
         st = p.stat()
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(p)})
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                    "sha256": _sha256(p)})
     return out
 
 
@@ -69,7 +71,9 @@ def changed(recorded, cfg: dict) -> Optional[str]:
         if not isinstance(rec, dict):
             return "config.json's data_files entry is damaged"
         st = p.stat()
-        if st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns"):
+        # `touch -r` sets the mtime back after new contents are written; nothing sets the inode change
+        # time back, so the shortcut needs all three (records without it are always hashed).
+        if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) == (rec.get("size"), rec.get("mtime_ns"), rec.get("ctime_ns")):
             continue
         if st.st_size != rec.get("size") or _sha256(p) != rec.get("sha256"):
             return (f"{p} changed since the run trained on it (sha256 {str(rec.get('sha256'))[:12]}…, "

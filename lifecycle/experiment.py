@@ -17,7 +17,17 @@ from lifecycle.identity import attack_keys, default_filename, identity
 from lifecycle.results import todo
 from lifecycle.run_folder import Run
 from lifecycle.validation import check_attack_data, validate
-from utils import OutOfSpace, RunFailed, Terminated, UserError, disk_full, resolve_device, seed_everything, write_json
+from utils import (
+    OutOfSpace,
+    RunFailed,
+    Terminated,
+    UserError,
+    disk_full,
+    one_line,
+    resolve_device,
+    seed_everything,
+    write_json,
+)
 
 
 def _load_everything(cfg: dict, device):
@@ -184,6 +194,10 @@ def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, re
         return metrics
     metrics["status"] = "attacking"
     write_json(run.metrics_path, metrics)
+    # Attack the model as a reload from the folder holds it (--attack_only, a rerun after a kill): the
+    # trainer's channels_last weights give convolutions that round differently, and an attack resumed
+    # after an interruption must equal the uninterrupted one bit for bit.
+    model.to(memory_format=torch.contiguous_format)
     return _attack(cfg, run, model, bundle, defenses, device, metrics, progress)
 
 
@@ -256,11 +270,13 @@ def main_guard(fn: Callable[[], int], stage: str = "training") -> int:
     exception says otherwise (an attack after training)."""
     try:
         return fn() or 0
+    # one_line: messages name folders and recorded strings, whose newlines or terminal escapes would forge
+    # another `error:` line or reach the user's terminal
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except (RunFailed, OutOfSpace) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
     except OSError as e:  # a full disk under a log or CSV append, which are not written atomically
         if not disk_full(e):

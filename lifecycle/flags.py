@@ -214,6 +214,9 @@ RANGES = {
 }
 
 
+COUNT_MAX = 2**31 - 1
+
+
 def check_numbers(cfg: dict) -> None:
     for key, value in cfg.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -226,5 +229,8 @@ def check_numbers(cfg: dict) -> None:
             raise UserError(f"--{key} must be a number (got {value!r})")
         if value < low or (value == low and not inclusive):
             raise UserError(f"--{key} must be {'>=' if inclusive else '>'} {low} (got {value})")
-        if high and value > high[0]:
-            raise UserError(f"--{key} must be <= {high[0]} (got {value})")
+        # Counts and sizes (epochs, batch sizes, limits, steps) reach torch as C integers: 2**70 is a traceback
+        # with C++ frames there, after work has started, so whole numbers stop at 2**31 - 1 unless listed.
+        top = high[0] if high else COUNT_MAX if isinstance(value, int) else None
+        if top is not None and value > top:
+            raise UserError(f"--{key} must be <= {top} (got {value})")

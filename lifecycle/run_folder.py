@@ -7,15 +7,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
 
 from lifecycle.data_files import changed
 from lifecycle.identity import identity, identity_differences
 from lifecycle.results import attack_state
-from utils import UserError, read_json
+from utils import UserError, open_append, read_json, shown
 
 TMP_GLOB = ".*.tmp"  # what utils' atomic writes leave behind when killed mid-write
+FOLDERS = ("checkpoints", "images", "attacks")  # the folders a run makes in its folder: files only inside
+APPENDED = ("log.txt", "train_log.csv")  # the files a run appends to; all others are replaced whole
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -116,17 +120,57 @@ class Run:
                                 "(or stop it), or use another --filename") from None
             raise
         self._lock_fd = fd
-        try:  # prove it, as permissions, read-only mounts and ACLs all decide
-            probe = self.dir / f".write_test{os.getpid()}{TMP_GLOB[2:]}"
-            probe.touch()
-            probe.unlink()
-        except OSError as e:
+        # Prove it, as permissions, read-only mounts and ACLs all decide (a new file: no name to plant), for
+        # the run's own subfolders too: a read-only images/ would fail only once the decoder has trained.
+        for d in (self.dir, *(self.dir / f for f in FOLDERS)):
+            if d != self.dir and not (d.is_dir() and not d.is_symlink()):
+                continue  # made when first written; a link there is refused below
+            try:
+                fd, probe = tempfile.mkstemp(prefix=".write_test", suffix=TMP_GLOB[2:], dir=d)
+                os.close(fd)
+                os.unlink(probe)
+            except OSError as e:
+                self.close()
+                what = "run folder" if d == self.dir else "folder"
+                raise UserError(f"{what} '{shown(d)}' is not writable ({e.strerror}); fix its permissions "
+                                "or use another --folder / --filename") from None
+        try:
+            self.refuse_foreign_entries()
+        except UserError:
             self.close()
-            raise UserError(f"run folder '{self.dir}' is not writable ({e.strerror}); fix its permissions "
-                            "or use another --folder / --filename") from None
+            raise
         for d in (self.dir, self.dir / "checkpoints"):
             for tmp in d.glob(TMP_GLOB):
                 tmp.unlink(missing_ok=True)
+
+    def refuse_foreign_entries(self) -> None:
+        """One UserError naming what in the folder this project never makes and must not write through:
+        a symlink (file or folder) anywhere, a FIFO, socket or device, a folder where a file goes, a
+        log that is a hard link. Checked when the folder is opened, before any work: folders are sent
+        between researchers, and a planted link would make a grid, a log line or a checkpoint land on
+        any file the recipient can write."""
+        bad = []
+        for here, dirs, files in os.walk(self.dir, followlinks=False):  # a symlinked folder is not entered
+            for name in sorted(dirs + files):
+                p = Path(here) / name
+                try:
+                    st = os.lstat(p)
+                except OSError:
+                    continue
+                top = Path(here) == self.dir
+                if stat.S_ISLNK(st.st_mode):
+                    bad.append(f"'{shown(p)}' is a symlink (to '{shown(os.readlink(p))}')")
+                elif stat.S_ISDIR(st.st_mode):
+                    if not top or name in APPENDED or name.endswith(".json"):
+                        bad.append(f"'{shown(p)}' is a folder where this project writes files only")
+                elif not stat.S_ISREG(st.st_mode):
+                    bad.append(f"'{shown(p)}' is not a regular file (a FIFO, socket or device)")
+                elif top and name in APPENDED and st.st_nlink != 1:
+                    bad.append(f"'{shown(p)}' is a hard link to a file elsewhere")
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise UserError(f"{bad[0]}{more}: this project never makes one in a run folder and does not write "
+                            "through it; remove it (nothing was written)")
 
     def abandon(self) -> None:
         """After a failed start: remove the folders `open` created if nothing was written into them."""
@@ -149,6 +193,6 @@ class Run:
     def log(self, msg: str) -> None:
         print(msg, flush=True)
         if self._log_file is None:
-            self._log_file = open(self.dir / "log.txt", "a")
+            self._log_file = open_append(self.dir / "log.txt")
         self._log_file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
         self._log_file.flush()

@@ -45,3 +45,21 @@ def test_new_contents_at_the_same_path_are_not_the_finished_run(tmp_path, capsys
     assert "trained on other data" in _error(capsys)
     assert main_MIA.main(flags + ["--force"]) == 0  # trained again on the new contents, which it records
     assert main_MIA.main(flags) == 0 and "already finished" in capsys.readouterr().out
+
+
+def test_new_contents_with_the_old_mtime_put_back_are_noticed(tmp_path):
+    """Issue 34: `touch -r` restores size and mtime after new contents; the inode change time cannot be
+    set back, so the shortcut that skips hashing must not trust size and mtime alone."""
+    from lifecycle.data_files import changed, record
+
+    data = tmp_path / "faces.npz"
+    _npz(data, 0)
+    cfg = {"dataset": f"npz:{data}"}
+    recorded = record(cfg)
+    before = data.stat()
+    _npz(data, 1)
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (data.stat().st_size, data.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert "changed since the run trained on it" in changed(recorded, cfg)
+    _npz(data, 0)  # the old contents again: hashed, and the same
+    assert changed(recorded, cfg) is None

@@ -5,13 +5,12 @@ Only the standard library is used so the report works without torch installed.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from lifecycle.identity import NOT_RESULT_KEYS, absent
 from lifecycle.results import SENT, entries
 from tools.stats import sd
-from tools.untrusted import find, one_line, recorded_path, refused
+from tools.untrusted import find, number, one_line, recorded_path, refused
 from utils import NotStrictJSON, read_json
 
 METRICS = ("mse", "ssim", "ssim_lib", "psnr", "psnr_batch")  # psnr_batch: the published batch-wise PSNR
@@ -29,10 +28,9 @@ DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_va
 
 
 def _num(x):
-    """Finite numbers stay numbers; anything else (missing, strings, NaN, ±inf) becomes None."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return x if math.isfinite(x) else None  # NaN, ±inf: no number a run can have recorded
+    """Numbers a run can have recorded stay numbers; anything else (missing, strings, NaN, ±inf, 1e300)
+    becomes None (tools/untrusted.number)."""
+    return number(x)
 
 
 def load_runs(folder: Path) -> tuple[list[dict], list[str]]:

@@ -21,6 +21,16 @@ class _Stop(Exception):
     pass
 
 
+class _Help(Exception):
+    pass
+
+
+# Settings run_exp.sh itself owns besides the swept ones: where the runs go (the report reads its own
+# --folder), what each is called (one name per configuration), and -h, which would train nothing.
+OWNED = {"folder": "run_exp.sh's --folder (the report reads that folder)",
+         "filename": "run_exp.sh, which names each configuration (one --filename would give all one folder)"}
+
+
 def flags_set(words: list) -> dict:
     """{dest: the flag's name} for every main_MIA.py setting that `words` set."""
     from lifecycle.flags import build_parser
@@ -31,13 +41,18 @@ def flags_set(words: list) -> dict:
         raise _Stop
 
     parser.error = parser.exit = stop  # a bad word is main_MIA.py's to report, with its own message
-    parser.print_help = lambda *_args, **_kwargs: None  # --extra -h: nothing to print here either
+    def asked_help(*_args, **_kwargs):
+        raise _Help
+
+    parser.print_help = asked_help  # --extra -h: main_MIA.py would print its help and train nothing
     # A dest already in the namespace keeps its value unless a word sets it: what remains _UNSET was not set.
     ns = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions})
     try:
         parser.parse_known_args(words, ns)
     except _Stop:
         return {}
+    except _Help:
+        return {"help": "-h/--help"}
     return {a.dest: a.option_strings[0] for a in parser._actions
             if a.option_strings and getattr(ns, a.dest) is not _UNSET}
 
@@ -45,8 +60,14 @@ def flags_set(words: list) -> dict:
 def conflicts(axes: dict, words: list) -> list:
     """One message per swept setting (axes: dest -> the run_exp.sh option that sets it) in `words`."""
     given = flags_set(words)
-    return [f"--extra sets {given[dest]}, which run_exp.sh sets from {option}, so every configuration would get "
-            f"the --extra value; put the value(s) in {option}" for dest, option in axes.items() if dest in given]
+    if "help" in given:
+        return ["--extra holds -h/--help: every configuration would print main_MIA.py's help and train nothing; "
+                "remove it (see python main_MIA.py --help)"]
+    owned = [f"--extra sets {given[dest]}, which is set by {who}; remove it" for dest, who in OWNED.items()
+             if dest in given]
+    return owned + [f"--extra sets {given[dest]}, which run_exp.sh sets from {option}, so every configuration "
+                    f"would get the --extra value; put the value(s) in {option}"
+                    for dest, option in axes.items() if dest in given]
 
 
 def main(argv: list) -> int:

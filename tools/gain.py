@@ -10,6 +10,7 @@ with the lowest MSE among those the run has). Standard library only, like tools.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import NamedTuple
 
@@ -49,7 +50,10 @@ def _per_seed(runs, attack, mode, which, names) -> dict:
 
 
 def _ratio(new, old):
-    return None if new is None or not old else (new - old) / old
+    if new is None or not old:
+        return None
+    gain = (new - old) / old
+    return gain if math.isfinite(gain) else None  # MSE 1e-300 without CEM: no gain a table can show
 
 
 def _diff(new, old):

@@ -11,13 +11,16 @@ network) and the folder can be copied or archived as it is. It holds:
     comparing the grids' rows of originals, and says so under each row of grids;
   - per run, its training curves from train_log.csv (accuracy, CEM term, mean cluster variance, λ_eff).
 report_files/ is made anew on every report (a symlink or file of that name is removed, not followed):
-the grids are copies, so the page also works when written with --out elsewhere. Only grids that are
-regular files inside the folder, readable PNGs of a plausible size, are copied (tools/untrusted.py);
-each one refused is named on the page, under "Skipped", and on stderr.
+the grids are copies, so the page also works when written with --out elsewhere, each named after its
+run folder and a digest of that folder's path (`_run_stem`), so runs of one name under two parents
+never share a file. Only grids that are regular files inside the folder, readable PNGs of a plausible
+size, are copied (tools/untrusted.py); each one refused is named on the page, under "Skipped", and on
+stderr.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import os
 import re
@@ -64,6 +67,14 @@ def _m(text) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def _run_stem(run_dir: Path) -> str:
+    """A file name of report_files/ that is this run folder's alone: its name (legible) and a digest of
+    its whole path, since runs under different parents (x/run, y/run) may share a name, and two names
+    may look alike once made safe."""
+    digest = hashlib.sha256(os.fsencode(Path(run_dir))).hexdigest()[:12]
+    return f"{_safe(Path(run_dir).name)}-{digest}"
 
 
 def markdown_html(md: str) -> str:
@@ -169,7 +180,7 @@ def reconstructions(grouped, files: Path, attack: str, mode: str, skipped: list)
             grids = by[s][seeds[0]]
             figs = []
             for lam in sorted(grids, key=sort_key):
-                copy = files / "grids" / _safe(f"{grids[lam].parent.parent.name}_{grids[lam].name}")
+                copy = files / "grids" / f"{_run_stem(grids[lam].parent.parent)}_{_safe(grids[lam].name)}"
                 write_file_atomic(copy, grids[lam].read_bytes())
                 figs.append(f"<figure>{_img(f'{FILES}/grids/{copy.name}', f'σ={fmt_g(s)} λ={fmt_g(lam)} grid')}"
                             f"<figcaption>λ = {fmt_g(lam)}{' (no CEM)' if lam == 0 else ''}</figcaption></figure>")
@@ -210,8 +221,8 @@ def training_curves(grouped, files: Path) -> str:
             if not rows:
                 continue
             label = f"σ={fmt_g(r['sigma'])} λ={fmt_g(r['lambd'])} seed {seed_of(r)}"
-            name = Path(r["path"]).parent.name  # the run's, also when `r` is one of its attack variants
-            png = curves_figure(rows, f"{label}: {name}", files / "curves" / f"{_safe(name)}.png",
+            run_dir = Path(r["path"]).parent  # the run's, also when `r` is one of its attack variants
+            png = curves_figure(rows, f"{label}: {run_dir.name}", files / "curves" / f"{_run_stem(run_dir)}.png",
                                 empty="no CEM at λ = 0" if r["lambd"] == 0 else "not logged")
             figs.append(f"<figure class=\"wide\">{_img(f'{FILES}/curves/{png.name}', f'training curves {label}')}"
                         f"<figcaption>{_e(label)}</figcaption></figure>")

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only: must work on headless machines and inside t
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tools.collect import cell_table, group_title  # noqa: E402
-from tools.untrusted import mpl  # noqa: E402
+from tools.untrusted import mpl, number  # noqa: E402
 from utils import write_file_atomic  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def _column(rows, key):
             x, y = float(r["epoch"]), float(r[key])
         except (KeyError, TypeError, ValueError):
             continue
-        if math.isfinite(x) and math.isfinite(y):  # a hand-made 'inf' would break the axis limits
+        if number(x) is not None and number(y) is not None:  # 'inf' or 1e308 would break the axis limits
             pts.append((x, y))
     return tuple(zip(*pts)) if pts else ((), ())
 

@@ -31,12 +31,14 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
 from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
-from tools.untrusted import csv_value, md
+from tools.untrusted import csv_value, md, one_line
 from utils import write_file_atomic
 
 CONFIG_COLUMNS = ["filename", "dataset", "arch", "cutlayer", "bottleneck_option", "regularization", "sigma",
@@ -58,7 +60,7 @@ def write_csv(runs, path: Path, which: str) -> None:
                                        "filename")))
     f = io.StringIO(newline="")
     w = csv.writer(f)  # quotes a value holding a comma, quote or newline: one run, one row
-    w.writerow(CONFIG_COLUMNS + metric_cols)
+    w.writerow([csv_value(c) for c in CONFIG_COLUMNS + metric_cols])  # attack names come from the runs too
     for i in order:
         r, sc = runs[i], flat[i]
         w.writerow([("" if r[c] is None else csv_value(r[c])) for c in CONFIG_COLUMNS]
@@ -186,7 +188,7 @@ def run(args) -> list[Path]:
                           f"with --folder {folder} first")
     found = attack_modes(runs)
     if (args.attack, args.mode) not in found:
-        have = ", ".join(f"{a}/{m}" for a, m in found) or "none"
+        have = one_line(", ".join(f"{a}/{m}" for a, m in found) or "none")  # attack names come from the runs
         print(f"warning: no run has {args.attack}/{args.mode} attack scores (found: {have}); "
               f"table cells show accuracy only", file=sys.stderr)
     out = Path(args.out) if args.out else folder
@@ -194,6 +196,7 @@ def run(args) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ReportError(f"cannot create output folder '{out}' ({e.strerror}); pass a writable --out") from None
+    writable(out)
     grouped = groups(runs, args.attack)  # split by this attack's settings only, not by other attacks'
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
@@ -220,6 +223,23 @@ def run(args) -> list[Path]:
     for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")
     return [csv_path, md_path, png_path, html_path]
+
+
+OUTPUTS = ("results.csv", "results.md", "tradeoff.png", "report.html")
+
+
+def writable(out: Path) -> None:
+    """Before anything is written: a folder at an output's name, or a folder `out` that cannot take a new
+    file, would stop the report half-way, some outputs new and others old."""
+    for name in OUTPUTS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise ReportError(f"'{one_line(out / name)}' is a folder; remove or rename it, or pass another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write_test", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ReportError(f"cannot write into '{one_line(out)}' ({e.strerror}); pass a writable --out") from None
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import signal
 from typing import Optional
 
 from tools.sweep_jobs import HEADER, HEADER_LINES
+from utils import write_file_atomic
 
 TAIL_BYTES = 1 << 18  # the end of the last attempt is enough; a training log can run to megabytes
 MAX_CHARS = 300
@@ -70,5 +71,4 @@ def write_outcome(path, results: list, failures: Optional[str]) -> None:
     """For run_exp.sh, which reports only folders where something finished: the failure line (empty when
     none failed), then the log of every job that finished, one per line."""
     done = [r.job.log for r in results if r.status == "done"]
-    with open(path, "w") as f:
-        f.write("\n".join([failures or "", *done]) + "\n")
+    write_file_atomic(path, ("\n".join([failures or "", *done]) + "\n").encode())

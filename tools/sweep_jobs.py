@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from utils import UserError
+from utils import UserError, open_append
 
 # Each attempt's output in a job's log starts with these lines: "=== <date> <time> <job name>", then the
 # command (tools/sweep_failures.py finds a job's last attempt by them).
@@ -70,7 +70,7 @@ def run_job(job: Job, env: Optional[dict] = None, tee: bool = False, new_session
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **job.env, **(env or {})}
     header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}\n{shlex.join(job.cmd)}\n".encode()
-    with open(job.log, "ab") as log:
+    with open_append(job.log, text=False) as log:  # beside the run folder: never through a planted link
         log.write(header)
         log.flush()
         if tee:

@@ -46,6 +46,10 @@ def add_slurm_flags(p) -> None:
                    help="local/debug: submitit's executors for trying the path without a cluster")
 
 
+# Slurm keeps a time limit as 32-bit minutes and clusters cap it far lower; a year is beyond any of them.
+MAX_SLURM_MINUTES = 365 * 24 * 60
+
+
 def parse_time(spec: str) -> int:
     """Slurm's --time syntax to whole minutes (rounded up)."""
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", spec.strip())
@@ -60,13 +64,20 @@ def parse_time(spec: str) -> int:
         seconds = a * 60 + (b or 0)
     if seconds <= 0:
         raise UserError(f"--slurm_time '{spec}' must be positive")
+    if seconds > MAX_SLURM_MINUTES * 60:
+        raise UserError(f"--slurm_time '{spec}' is longer than a year; give the time one configuration needs")
     return -(-seconds // 60)
 
 
 def parse_extra(spec) -> dict:
     """'qos=high --account=lab exclusive' -> {'qos': 'high', 'account': 'lab', 'exclusive': True}"""
     out = {}
-    for word in shlex.split(spec or ""):
+    try:
+        words = shlex.split(spec or "")
+    except ValueError as e:  # an unclosed quote: shlex's words, as the shell would have refused it
+        raise UserError(f"--slurm_extra: cannot read {spec!r} ({e}); use key=value words, e.g. "
+                        "\"qos=high account=lab\"") from None
+    for word in words:
         key, eq, value = word.lstrip("-").partition("=")
         if not key:
             raise UserError(f"--slurm_extra: cannot read '{word}'; use key=value words, e.g. \"qos=high account=lab\"")

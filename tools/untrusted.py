@@ -14,21 +14,29 @@ Standard library only, like tools.collect.
 from __future__ import annotations
 
 import html
+import math
 import os
 import stat
-import unicodedata
 from pathlib import Path
+
+from utils import one_line  # shared with the run lifecycle's messages; the report's modules take it from here
 
 # No run file comes near this (a grid PNG is tens of kB, a train_log.csv a few hundred).
 MAX_READ_BYTES = 64 * 2**20
-_BREAKS = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi) characters, lone surrogates, line breaks
 
 
-def one_line(value) -> str:
-    """`value` as text without line breaks or invisible control characters (newlines, carriage
-    returns, U+2028, bidi overrides ...): each becomes a space, so a string cannot start a new line,
-    table row or heading, nor reorder what is shown around it."""
-    return "".join(" " if unicodedata.category(c) in _BREAKS else c for c in str(value))
+# Far beyond any figure a run records (MSE ≤ 1, accuracy ≤ 100, PSNR in the hundreds of dB at most), and
+# small enough that sums, squares (sd) and ratios of the numbers kept stay finite: 1.7e308 is finite,
+# but its mean over two seeds is not, and matplotlib cannot draw an axis to it.
+LARGEST = 1e100
+
+
+def number(x):
+    """A number from a run folder as the report may compute with it, or None: not a number (a bool, a
+    string), NaN, ±inf, or larger in magnitude than LARGEST."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return x if math.isfinite(x) and abs(x) <= LARGEST else None
 
 
 # `|` ends a Markdown table cell, `<`/`&` start HTML in it, `[`/`]` and backticks make links and code;
