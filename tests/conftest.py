@@ -8,6 +8,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # The small real image sets beside the checkout (see ../shared/data/README.md); tests that need them skip.
 SHARED_DATA = pathlib.Path(os.environ.get("CEM_DATA_ROOT", REPO.parent / "shared" / "data"))
+# The dry runs of run_exp.sh tested here check the commands they print; the measured time estimate
+# (seconds of model timing each) is tested on its own in tests/test_dry_run_estimate.py.
+os.environ.setdefault("CEM_DRY_RUN_ESTIMATE", "0")
 
 
 @pytest.fixture

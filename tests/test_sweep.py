@@ -205,3 +205,35 @@ def test_the_last_line_gives_the_failed_jobs_own_errors(tmp_path):
     assert last == ("error: 3 of 6 configurations failed: a and 1 more: --data_root /nope does not exist; "
                     "c: exit 1, last output: ValueError: bad value"), r.stderr
     assert outcome.read_text().splitlines() == [last.removeprefix("error: "), str(logs / "ok.log")]
+
+
+def test_job_logs_hold_no_progress_bar_redraws(tmp_path):
+    """The terminal keeps its bars; a job's log keeps every other line and each bar's finished state once."""
+    code = ("import sys\nfrom tqdm import tqdm\nprint('before')\n"
+            "for e in tqdm(range(3), desc='training', file=sys.stdout, mininterval=0):\n"
+            "    for b in tqdm(range(50), desc=f'epoch {e + 1}/3', file=sys.stdout, mininterval=0, leave=False):\n"
+            "        pass\n    print(f'epoch {e + 1} done')\n"
+            "sys.stdout.buffer.write('caf\\u00e9 \\u2713\\n'.encode()); print('after')")
+    f = write_jobs(tmp_path / "jobs", [("a", tmp_path / "a.log", py(code))])
+    r = sweep_cli(f, "--jobs", "1")  # one job: its output is also copied to the terminal, bars and all
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("%|") > 100  # (text mode turned its carriage returns into newlines)
+    log = (tmp_path / "a.log").read_text(encoding="utf-8")
+    assert "\r" not in log and "\x1b" not in log
+    lines = log.splitlines()
+    lines = lines[lines.index("before"):]  # after the job header (the command spans lines here)
+    assert lines[-2:] == ["café ✓", "after"]
+    assert [ln for ln in lines if ln.startswith("epoch") and "done" in ln] == [f"epoch {e} done" for e in (1, 2, 3)]
+    bars = [ln for ln in lines if "%|" in ln]
+    assert len(bars) <= 4 and all("50/50" in b or "3/3" in b for b in bars), bars
+    assert any(b.startswith("training: 100%") for b in bars)
+
+
+def test_log_cleaner_splits_nothing_across_chunks():
+    from tools.sweep_jobs import LogCleaner
+    raw = "a\r\nb\rbar  10%|#  | 1/10 [00:01<00:09]\rbar 100%|###| 10/10 [00:02<00:00]\nc\xe9\n".encode()
+    whole = LogCleaner().feed(raw, final=True)
+    for size in (1, 2, 3, 7):
+        c = LogCleaner()
+        assert b"".join(c.feed(raw[i:i + size]) for i in range(0, len(raw), size)) + c.feed(b"", final=True) == whole
+    assert whole.decode().splitlines() == ["a", "b", "bar 100%|###| 10/10 [00:02<00:00]", "cé"]

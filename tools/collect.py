@@ -171,6 +171,8 @@ def _record(path: Path, data: dict) -> dict:
         "var_threshold": _num(cfg.get("var_threshold")),
         "num_epochs": _num(cfg.get("num_epochs")),
         "test_acc": _num(train.get("test_acc")),
+        "wall_time_s": _num(train.get("wall_time_s")),
+        **{k: cfg.get(k) if type(cfg.get(k)) is int else None for k in ("n_train", "n_val", "n_test")},
         "identity": _identity(data),
         "attacks": {},
         "view": SENT,

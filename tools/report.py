@@ -37,6 +37,7 @@ import tempfile
 from pathlib import Path
 
 from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
+from tools.provenance import provenance
 from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
 from tools.untrusted import csv_value, md, one_line
 from utils import write_file_atomic
@@ -200,25 +201,27 @@ def run(args) -> list[Path]:
     grouped = groups(runs, args.attack)  # split by this attack's settings only, not by other attacks'
     csv_path, md_path = out / "results.csv", out / "results.md"
     write_csv(runs, csv_path, args.which)
+    head = provenance(runs)  # the data set and what one seed is worth, first in every output
     text = markdown(grouped, args.attack, args.mode, args.which)
     side = comparison(groups(runs), args.mode, args.which)
     text = text + ("\n" + side if side else "")
     from tools.gain import gain_markdown
 
     gain = gain_markdown(grouped, args.attack, args.mode, args.which)
-    write_file_atomic(md_path, (text + gain).encode("utf-8"))
+    write_file_atomic(md_path, (head + text + gain).encode("utf-8"))
     # matplotlib is slow to import; only needed here
     from tools.html_report import write_html
     from tools.plot import tradeoff_figure
 
     png_path = tradeoff_figure(grouped, out, args.attack, args.mode, args.which)
     summary = f"{len(runs)} finished run(s)" + (f", {len(warnings)} warning(s)" if warnings else "")
-    html_path, not_shown = write_html(out, grouped, [(None, gain), ("Results per setting", text)], args.attack,
-                                      args.mode, args.which, f"{summary} under {folder}; {args.attack} attack, "
-                                      f"{args.mode} mode, {args.which} reconstructor.", skipped=warnings)
+    sections = [(None, head), (None, gain), ("Results per setting", text)]
+    html_path, not_shown = write_html(out, grouped, sections, args.attack, args.mode, args.which,
+                                      f"{summary} under {folder}; {args.attack} attack, {args.mode} mode, "
+                                      f"{args.which} reconstructor.", skipped=warnings)
     for w in not_shown:
         print(f"warning: {w}", file=sys.stderr)
-    print(text + gain)
+    print(head + text + gain)
     print(summary)
     for p in (csv_path, md_path, png_path, html_path):  # the page last: what to open next
         print(f"wrote {p}")

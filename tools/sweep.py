@@ -275,6 +275,10 @@ def main(argv=None) -> int:
         jobs = read_jobs(args.jobs_file)
         if args.dry_run:
             print(describe(jobs, args), file=sys.stderr)
+            from tools.estimate import estimate  # imports torch: only where a dry run asks for it
+
+            for line in estimate(jobs):
+                print(line, file=sys.stderr)
             return 0
         return execute(jobs, args, args.skipped, outcome=args.outcome)
     except UserError as e:

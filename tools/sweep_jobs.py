@@ -6,6 +6,7 @@ to running jobs. Standard library only, so a dry run never imports torch.
 """
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shlex
@@ -66,7 +67,8 @@ def read_jobs(path) -> list:
 def run_job(job: Job, env: Optional[dict] = None, tee: bool = False, new_session: bool = False,
             started: Optional[Callable] = None) -> int:
     """Runs one job with its output appended to job.log (and copied to stdout with tee); returns the
-    exit status (negative: killed by that signal). This is also what a Slurm task runs."""
+    exit status (negative: killed by that signal). This is also what a Slurm task runs. The terminal
+    gets the output as it came; the log gets it through LogCleaner, without progress-bar redraws."""
     Path(job.log).parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **job.env, **(env or {})}
     header = f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.name}\n{shlex.join(job.cmd)}\n".encode()
@@ -77,20 +79,60 @@ def run_job(job: Job, env: Optional[dict] = None, tee: bool = False, new_session
             sys.stdout.flush()
             sys.stdout.buffer.write(header)
         try:
-            proc = subprocess.Popen(job.cmd, stdout=subprocess.PIPE if tee else log, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(job.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env=full_env, start_new_session=new_session)
         except OSError as e:
             log.write(f"cannot start: {e}\n".encode())
             return 127
         if started:
             started(proc)
-        if tee:
-            while chunk := os.read(proc.stdout.fileno(), 65536):
-                log.write(chunk)
-                log.flush()
+        cleaner = LogCleaner()
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            log.write(cleaner.feed(chunk))
+            log.flush()
+            if tee:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
+        log.write(cleaner.feed(b"", final=True))
         return proc.wait()
+
+
+# tqdm's bar text ("desc:  40%|####      | 34/84 [00:05<...") and the terminal controls it redraws with.
+_BAR = re.compile(r"\d+%\|.*\| *(\d+)/(\d+) \[")
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
+
+
+class LogCleaner:
+    """A job's output as a log should hold it: every non-blank line that is not a progress bar, and a bar
+    only in its finished state (n/n), once. A bar redrawn in place with carriage returns and cursor moves
+    is hundreds of lines in a file (1,838 for the quick run), none of them worth reading."""
+
+    def __init__(self):
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending = ""
+        self._last_bar = None
+
+    def feed(self, chunk: bytes, final: bool = False) -> bytes:
+        text = self._pending + self._decoder.decode(chunk, final)
+        hold = "\r" if text.endswith("\r") and not final else ""  # maybe half of a \r\n split across chunks
+        *segments, last = re.split(r"\r\n|\r|\n", text[:len(text) - len(hold)])
+        self._pending = last + hold
+        if final:
+            segments.append(last)
+            self._pending = ""
+        out = []
+        for seg in segments:
+            # What a cursor move leaves is the text after it ("<clear>ESC[Aepoch 1 done" shows "epoch 1 done").
+            seg = next((p for p in reversed(_CONTROL.split(seg)) if p.strip()), "").rstrip()
+            bar = _BAR.search(seg)
+            if bar is None:
+                if seg:
+                    out.append(seg)
+                    self._last_bar = None
+            elif bar.group(1) == bar.group(2) and seg[:bar.start()] != self._last_bar:
+                out.append(seg)
+                self._last_bar = seg[:bar.start()]
+        return "".join(line + "\n" for line in out).encode()
 
 
 class SignalForwarder:
