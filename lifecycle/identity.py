@@ -20,6 +20,8 @@ import json
 import re
 from pathlib import Path
 
+from attacks.flags import ADDED_LATER
+
 # Bump when the meaning of metrics.json's numbers changes: older runs then no longer count as finished.
 RESULTS_FORMAT = 1
 
@@ -45,13 +47,16 @@ NOT_RESULT_KEYS = frozenset({
 PUBLISHED_SWITCHES = frozenset({
     "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
 })
+# The flags left out at their default: those switches, and the attacks' flags that change an existing
+# attack's results and were added after run folders existed (each spec's `added_later`).
+AT_DEFAULT_LEFT_OUT = PUBLISHED_SWITCHES | ADDED_LATER
 
 
 @functools.lru_cache(maxsize=1)
 def switch_defaults() -> dict:
     from lifecycle.flags import build_parser
 
-    return {a.dest: a.default for a in build_parser()._actions if a.dest in PUBLISHED_SWITCHES}
+    return {a.dest: a.default for a in build_parser()._actions if a.dest in AT_DEFAULT_LEFT_OUT}
 
 
 def absent(key: str):
@@ -61,10 +66,10 @@ def absent(key: str):
 
 
 def counts(key: str, value) -> bool:
-    """Whether `key` = `value` is part of an identity (see PUBLISHED_SWITCHES)."""
+    """Whether `key` = `value` is part of an identity (see AT_DEFAULT_LEFT_OUT)."""
     if key in NOT_RESULT_KEYS:
         return False
-    return key not in PUBLISHED_SWITCHES or value not in (None, switch_defaults().get(key))
+    return key not in AT_DEFAULT_LEFT_OUT or value not in (None, switch_defaults().get(key))
 
 
 @functools.lru_cache(maxsize=1)
