@@ -21,9 +21,31 @@ VIEWS = ("sent", "noise_only")
 # beside the old ones, without retraining. Folders written before these numbers existed read as 1.
 RESULTS_VERSION = {s.name: s.version for s in specs()}
 # Each flag's range, as the attacks declare them (lifecycle/flags.RANGES holds them with the others').
-RANGES = {k: v for s in specs() for k, v in s.ranges.items()}
+RANGES = {"attack_queries": (1, True), **{k: v for s in specs() for k, v in s.ranges.items()}}
+# What every attacker may be given, whichever attack it runs: keys every attack's results.
+ATTACKER_FLAGS = ("attack_queries",)
 # Flags added after run folders existed: at their default they are left out of identities and keys.
-ADDED_LATER = frozenset().union(*(s.added_later for s in specs()))
+ADDED_LATER = frozenset(ATTACKER_FLAGS).union(*(s.added_later for s in specs()))
+
+
+def add_attacker_flags(group) -> None:
+    group.add_argument("--attack_queries", type=int, default=1, metavar="K",
+                       help="repeated-query attacker (adaptive): it sees the mean of K independent sends of each "
+                            "image (an input re-sent K times, or K epochs of split training), trains on such means "
+                            "and inverts them; needs a defence with fresh randomness per send (noise, local DP, "
+                            "dropout) (default: %(default)s)")
+
+
+def fresh_randomness(cfg: dict, view: str) -> list:
+    """Which of the run's defences draw fresh randomness per send in this attacker view: only those make
+    K sends hold more than one."""
+    out = []
+    if str(cfg.get("regularization", "None")).lower() != "none" and float(cfg.get("regularization_strength") or 0):
+        out.append("Gaussian noise")
+    at = str(cfg.get("AT_regularization") or "None")
+    if view == "sent" and float(cfg.get("AT_regularization_strength") or 0) > 0:
+        out += [name for word, name in (("local_dp", "local DP"), ("dropout", "dropout")) if word in at]
+    return out
 
 
 def add_selection_flags(group) -> None:
@@ -49,6 +71,7 @@ def add_attack_flags(group) -> None:
     """Every attack's own flags, then the selection flags, into the parser's attack group."""
     for s in specs():
         s.add_flags(group)
+    add_attacker_flags(group)
     add_selection_flags(group)
 
 
@@ -63,7 +86,8 @@ def settings_flags() -> dict:
     (the GAN's generator, rmle_from_decoder's start) includes that attack's flags."""
     out: dict = {}
     for s in specs():
-        out[s.name] = (out[s.starts_from] if s.starts_from else ()) + s.flag_dests()
+        out[s.name] = tuple(dict.fromkeys((out[s.starts_from] if s.starts_from else ()) + s.flag_dests()
+                                          + ATTACKER_FLAGS))
     return out
 
 

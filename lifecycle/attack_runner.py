@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from attacks import registry
-from attacks.flags import DEFAULTS
+from attacks.flags import DEFAULTS, fresh_randomness
 from lifecycle.flags import attack_lists
 from lifecycle.identity import attack_keys
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
@@ -34,7 +34,8 @@ def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress
     `start_tag` those of the attack it starts from. An unregistered name is a UserError, never a fallback."""
     spec = registry.spec(name)
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log)
+    common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log,
+                  queries=int(s["attack_queries"]))
     attacks = Path(run_dir) / "attacks"
     start = attacks / f"{spec.starts_from}_{mode}{start_tag}.pt" if spec.starts_from else None
     place = registry.Place(mode, view, start, attacks / f"{name}_{mode}{tag}.ckpt.pt")
@@ -59,6 +60,10 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
         fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
                                          str(cfg.get("attacker_data") or "split"))
         for view in views:
+            if int(cfg.get("attack_queries") or 1) > 1 and not fresh_randomness(cfg, view):
+                raise UserError(f"--attack_queries {cfg['attack_queries']}: this run sends the same features every "
+                                f"time in view {view} (no noise, local DP or dropout), so K sends show no more than "
+                                "one; there is no curve to compute")
             obfuscate = defenses.deployed(view)
             for name in attacks:
                 if (name, mode, view) not in wanted:

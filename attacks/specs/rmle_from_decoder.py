@@ -43,16 +43,21 @@ def prior_weights(spec) -> tuple:
 def noise_model(cfg: dict, view: str) -> tuple:
     """("gaussian" | "laplace", scale) of the noise on the features the attacker observes, from the
     run's defence settings: Gaussian noise of std σ, plus local DP when the view includes it (the
-    Laplace form when local_dp_laplace is deployed: its heavier tails dominate). Scale 1 when
-    nothing random is sent: the data term is then weighted as if σ were 1."""
+    Laplace form when local_dp_laplace is deployed: its heavier tails dominate), of the mean of K sends
+    for the repeated-query attacker. Scale 1 when nothing random is sent: the data term is then
+    weighted as if σ were 1."""
     sigma = float(cfg.get("regularization_strength") or 0.0) \
         if str(cfg.get("regularization", "None")).lower() != "none" else 0.0
     at, eps = str(cfg.get("AT_regularization") or "None"), float(cfg.get("AT_regularization_strength") or 0.0)
+    k = int(cfg.get("attack_queries") or 1)  # the mean of K sends: the noise's std shrinks by sqrt(K)
     if view == "sent" and eps > 0 and "local_dp" in at:
         if "local_dp_laplace" in at:
-            return "laplace", 1.0 / eps
-        sigma = math.hypot(sigma, math.sqrt(2.0 * math.log(1.25 / LOCAL_DP_DELTA)) / eps)
-    return "gaussian", sigma if sigma > 0 else 1.0
+            if k == 1:
+                return "laplace", 1.0 / eps
+            sigma = math.hypot(sigma, math.sqrt(2.0) / eps)  # a mean of Laplace draws: near Gaussian, same std
+        else:
+            sigma = math.hypot(sigma, math.sqrt(2.0 * math.log(1.25 / LOCAL_DP_DELTA)) / eps)
+    return "gaussian", sigma / math.sqrt(k) if sigma > 0 else 1.0
 
 
 def check(cfg: dict) -> None:
