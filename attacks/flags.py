@@ -7,7 +7,7 @@ planned, which must not import torch.
 from __future__ import annotations
 
 from attacks.registry import flag_actions, names, specs
-from attacks.specs.decoder import add_decoder_flags  # noqa: F401  (re-exported: callers add them by name)
+from attacks.specs.decoder import add_decoder_flags, parse_classes  # noqa: F401  (add_*: re-exported)
 from attacks.specs.gan import add_gan_flags, gan_epochs  # noqa: F401
 from attacks.specs.rmle import add_rmle_flags  # noqa: F401
 
@@ -23,7 +23,7 @@ RESULTS_VERSION = {s.name: s.version for s in specs()}
 # Each flag's range, as the attacks declare them (lifecycle/flags.RANGES holds them with the others').
 RANGES = {"attack_queries": (1, True), **{k: v for s in specs() for k, v in s.ranges.items()}}
 # What every attacker may be given, whichever attack it runs: keys every attack's results.
-ATTACKER_FLAGS = ("attack_queries",)
+ATTACKER_FLAGS = ("attack_queries", "attack_eval_classes")
 # Flags added after run folders existed: at their default they are left out of identities and keys.
 ADDED_LATER = frozenset(ATTACKER_FLAGS).union(*(s.added_later for s in specs()))
 
@@ -34,6 +34,10 @@ def add_attacker_flags(group) -> None:
                             "image (an input re-sent K times, or K epochs of split training), trains on such means "
                             "and inverts them; needs a defence with fresh randomness per send (noise, local DP, "
                             "dropout) (default: %(default)s)")
+    group.add_argument("--attack_eval_classes", default=None, metavar="CLASSES",
+                       help="score every attack on the victim's eval images of these classes only, e.g. 5-9 or "
+                            "0,2,5 (with --attacker_data aux:cifar10[0-4]: SDAR's class removal, the attacker "
+                            "never saw the scored classes) (default: all)")
 
 
 def fresh_randomness(cfg: dict, view: str) -> list:
@@ -93,6 +97,8 @@ def settings_flags() -> dict:
 
 def check_settings(cfg: dict) -> None:
     """Each attack's own check of values no range covers (a list of weights, ...)."""
+    if cfg.get("attack_eval_classes") is not None:
+        parse_classes(cfg["attack_eval_classes"], "--attack_eval_classes")
     for s in specs():
         if s.check is not None:
             s.check(cfg)

@@ -46,6 +46,8 @@ class AttackSpec:
     summary: str = ""                       # one phrase for --attacks' help
     adaptive: bool = False                  # beyond the paper's attackers (named so in reports)
     check: Optional[Callable] = None        # check(cfg): one UserError line for a bad value no range covers
+    key_extras: Optional[Callable] = None   # key_extras(cfg) -> {name: value} its results also depend on
+                                            # beyond its flags (the contents of a data set named by a path)
 
     def flag_dests(self) -> tuple:
         return tuple(a.dest for a in flag_actions(self.add_flags))
@@ -78,6 +80,15 @@ def specs() -> tuple:
         if spec.starts_from is not None and spec.starts_from not in (s.name for s in out):
             raise TypeError(f"{spec.name} starts from {spec.starts_from!r}, which must be registered before it")
         out.append(spec)
+    return tuple(out)
+
+
+def chain(name: str) -> tuple:
+    """The attack and, in turn, those it starts from: their settings all key its results."""
+    out, s = [], spec(name)
+    while s is not None:
+        out.append(s)
+        s = spec(s.starts_from) if s.starts_from else None
     return tuple(out)
 
 

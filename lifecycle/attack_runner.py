@@ -50,15 +50,16 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
     Results go where lifecycle/results.py says: an attack's first settings own `attack.<attack>`,
     other settings and views go beside, with their tag in file names so they never replace others'.
     """
-    from attacks.decoder import attacker_splits, save_decoder
+    from attacks.aux_data import attacker_images
+    from attacks.decoder import save_decoder
     from attacks.grid import save_grid
 
     run_dir = Path(run_dir)
     attacks, modes, views = attack_lists(cfg)
     wanted = set(todo(metrics, cfg, force))
     for mode in modes:
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
-                                         str(cfg.get("attacker_data") or "split"))
+        fit, held, evals = attacker_images(bundle, mode, int(cfg["random_seed"]), cfg.get("attacker_data"),
+                                           cfg.get("attack_eval_classes"), cfg.get("data_root"))
         for view in views:
             if int(cfg.get("attack_queries") or 1) > 1 and not fresh_randomness(cfg, view):
                 raise UserError(f"--attack_queries {cfg['attack_queries']}: this run sends the same features every "

@@ -25,6 +25,7 @@ import copy
 from typing import Iterator, NamedTuple, Optional
 
 from attacks.flags import ATTACKS, DEFAULTS, MODES, RESULTS_VERSION, VIEWS, settings_flags
+from attacks.registry import chain
 from lifecycle.identity import counts, differences, digest, plain
 
 SENT = "sent"
@@ -55,6 +56,9 @@ def attack_key(cfg: dict, attack: str, version: Optional[int] = None) -> dict:
         value = cfg.get(flag)
         if counts(flag, value):
             key[flag] = plain(DEFAULTS.get(flag) if value is None else value)
+    for spec in chain(attack):  # what else its results (and those of the attack it starts from) depend on
+        if spec.key_extras is not None:
+            key.update(plain(spec.key_extras(cfg)))
     return key
 
 
