@@ -24,8 +24,12 @@ def attacker_label(attack: str, settings) -> str:
     return attack + (f" ({', '.join(own)})" if own else "")
 
 
-def _setting(key: tuple) -> str:
-    return group_title(key[:len(GROUP_KEYS)])
+def _setting(key: tuple) -> tuple:
+    """(the title without the defence, the defence): every defence of one setting shares a table, as in
+    tools/gain.py."""
+    d = dict(zip(GROUP_KEYS, key))
+    title = group_title(tuple(None if k in ("defense", "at_strength") else d[k] for k in GROUP_KEYS))
+    return title, d["defense"] if d["defense"] == "None" else f"{d['defense']} (s={d['at_strength']:g})"
 
 
 def _strongest(runs, mode, which) -> dict:
@@ -53,7 +57,8 @@ def attackers_gain_markdown(runs: list[dict], mode: str, which: str) -> str:
     for attack in dict.fromkeys(a for a, m in attack_modes(runs) if m == mode):
         for key, rs in groups(runs, attack):
             for r in gain_rows([(key, rs)], attack, mode, which):
-                rows.append({**r, "setting": _setting(key), "attacker": attacker_label(attack, key[-1])})
+                title, defence = _setting(key)
+                rows.append({**r, "setting": title, "defence": defence, "attacker": attacker_label(attack, key[-1])})
     best = _strongest(runs, mode, which)
     for (setting, s, lam), seeds in best.items():
         base = best.get((setting, s, 0.0))
@@ -63,7 +68,8 @@ def attackers_gain_markdown(runs: list[dict], mode: str, which: str) -> str:
         if not pairs:
             continue
         names = sorted({p[1] for pair in pairs for p in pair})
-        rows.append({"setting": group_title(setting), "sigma": s, "lambd": lam, "n": len(pairs),
+        title, defence = _setting(setting)
+        rows.append({"setting": title, "defence": defence, "sigma": s, "lambd": lam, "n": len(pairs),
                      "attacker": "strongest: " + ", ".join(names),
                      "mse_0": estimate(p0[0] for p0, _ in pairs), "mse_cem": estimate(p1[0] for _, p1 in pairs),
                      "gain_pct": _pct(estimate(_ratio(p1[0], p0[0]) for p0, p1 in pairs)), "strongest": True})
@@ -72,12 +78,12 @@ def attackers_gain_markdown(runs: list[dict], mode: str, which: str) -> str:
     level = f"{LEVEL:.0%}"
     out = ["\n## CEM gain against every attacker\n"]
     for setting in dict.fromkeys(r["setting"] for r in rows):
-        out += [f"**{md(setting)}**\n", f"| σ | λ | attacker | seeds | MSE no CEM | MSE CEM | gain [{level}] |",
-                "|---" * 7 + "|"]
-        mine = sorted((r for r in rows if r["setting"] == setting),
-                      key=lambda r: (sort_key(r["sigma"]), sort_key(r["lambd"]), bool(r.get("strongest"))))
+        out += [f"**{md(setting)}**\n",
+                f"| σ | λ | defence | attacker | seeds | MSE no CEM | MSE CEM | gain [{level}] |", "|---" * 8 + "|"]
+        mine = sorted((r for r in rows if r["setting"] == setting), key=lambda r: (
+            r["defence"] != "None", r["defence"], sort_key(r["sigma"]), sort_key(r["lambd"]), bool(r.get("strongest"))))
         for r in mine:
-            out.append(f"| {r['sigma']:g} | {r['lambd']:g} | {md(r['attacker'])} | {r['n']} | "
+            out.append(f"| {r['sigma']:g} | {r['lambd']:g} | {md(r['defence'])} | {md(r['attacker'])} | {r['n']} | "
                        f"{fmt_sd(r['mse_0'], '.4f')} | {fmt_sd(r['mse_cem'], '.4f')} | "
                        f"{fmt_interval(r['gain_pct'], '+.1f', '%')} |")
         out.append("")
