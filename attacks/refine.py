@@ -22,7 +22,9 @@ from attacks.optimization import descend, total_variation
 from attacks.specs.rmle_from_decoder import noise_model, prior_weights
 from utils import UserError, normalize
 
-SELECT_MAX = 256  # held-out images that pick the prior weight: each candidate refines all of them
+# Held-out images that pick the prior weight (each candidate refines all of them): at most this many,
+# and no more than the attack scores (--rfd_max_images), so choosing costs what scoring does per candidate.
+SELECT_MAX = 256
 
 
 class DecoderLikelihoodAttack(Attack):
@@ -68,10 +70,11 @@ class DecoderLikelihoodAttack(Attack):
     def _selection_images(self, ctx: Context) -> torch.Tensor:
         """The attacker's own held-out images; without any (--attacker_data published holds out the scored
         images), a seeded tenth of its fit images, which the decoder saw in training (a biased pick)."""
+        most = min(SELECT_MAX, self.eval_limit or SELECT_MAX)
         if not self.select_on_fit and ctx.x_held is not None:
-            return ctx.x_held[:SELECT_MAX]
+            return ctx.x_held[:most]
         g = torch.Generator().manual_seed(self.seed + 7)
-        n = max(1, min(SELECT_MAX, len(ctx.x_fit) // 10))
+        n = max(1, min(most, len(ctx.x_fit) // 10))
         return ctx.x_fit[torch.randperm(len(ctx.x_fit), generator=g)[:n].to(ctx.x_fit.device)]
 
     def fit(self, ctx: Context) -> Fitted:
