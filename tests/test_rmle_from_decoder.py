@@ -76,3 +76,19 @@ def test_without_the_decoder_it_starts_from_it_says_so(tmp_path):
     s = Split(smooth_u8(4, 16, seed=1), torch.zeros(4, dtype=torch.long))
     with pytest.raises(UserError, match="run --attacks decoder,rmle_from_decoder"):
         attack.run(model, lambda z: z, s, s, s, MEAN, STD)
+
+
+def test_the_sweep_planner_sees_each_new_attacker_as_missing_then_finished(copy_run, capsys):
+    """run_exp.sh asks lifecycle.plan per configuration (no torch): a trained run lacking a new attacker's
+    results is planned as an --attack_only job, and as finished once they are there."""
+    from lifecycle.plan import plan_cli
+
+    argv, run = copy_run
+    new = ["--attacks", "decoder,rmle_from_decoder", "--rfd_steps", "2", "--rfd_max_images", "4"]
+    for extra in (new, ["--attack_queries", "4"], ["--attacker_data", "aux:digits[0-4]"]):
+        capsys.readouterr()
+        assert plan_cli(argv + extra) == 0
+        assert capsys.readouterr().out.split()[0] in ("incomplete", "attack"), extra
+    assert main_MIA.main(argv + ["--attack_only"] + new) == 0
+    capsys.readouterr()
+    assert plan_cli(argv + new) == 0 and capsys.readouterr().out.split()[0] == "finished"
