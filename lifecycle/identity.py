@@ -47,8 +47,9 @@ NOT_RESULT_KEYS = frozenset({
 PUBLISHED_SWITCHES = frozenset({
     "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
 })
-# The flags left out at their default: those switches, and the attacks' flags that change an existing
-# attack's results and were added after run folders existed (each spec's `added_later`).
+# The attacks' flags that change an existing attack's results and were added after run folders existed
+# (attacks/flags.ADDED_LATER) are left out of attack keys at their default (lifecycle/results.attack_key);
+# like the switches, an absent one stands for its default.
 AT_DEFAULT_LEFT_OUT = PUBLISHED_SWITCHES | ADDED_LATER
 
 
@@ -66,10 +67,10 @@ def absent(key: str):
 
 
 def counts(key: str, value) -> bool:
-    """Whether `key` = `value` is part of an identity (see AT_DEFAULT_LEFT_OUT)."""
+    """Whether `key` = `value` is part of an identity (see PUBLISHED_SWITCHES)."""
     if key in NOT_RESULT_KEYS:
         return False
-    return key not in AT_DEFAULT_LEFT_OUT or value not in (None, switch_defaults().get(key))
+    return key not in PUBLISHED_SWITCHES or value not in (None, switch_defaults().get(key))
 
 
 @functools.lru_cache(maxsize=1)
