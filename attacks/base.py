@@ -99,6 +99,20 @@ def to_unit(x_u8: torch.Tensor) -> torch.Tensor:
     return x_u8.float().div(255.0)
 
 
+def averaged(obfuscate: Callable[[torch.Tensor], torch.Tensor], sends: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the repeated-query attacker observes (`--attack_queries K`): the mean of K independent sends of
+    the same features, each with the defence's fresh randomness."""
+    if sends == 1:
+        return obfuscate
+
+    def mean_of_sends(z: torch.Tensor) -> torch.Tensor:
+        total = obfuscate(z)
+        for _ in range(sends - 1):
+            total = total + obfuscate(z)
+        return total / sends
+    return mean_of_sends
+
+
 class Attack:
     """Template: `run` freezes the target, calls `fit`, scores. Subclasses implement `fit`."""
 
@@ -106,9 +120,13 @@ class Attack:
 
     def __init__(self, batch_size: int = 256, seed: int = 0, device=None, progress: bool = True,
                  feature_cache_mb: float = 2048, log: Callable[[str], None] = print,
-                 eval_limit: Optional[int] = None):
+                 eval_limit: Optional[int] = None, queries: int = 1):
         if batch_size < 1:
             raise UserError(f"attack batch size must be >= 1 (got {batch_size})")
+        if queries < 1:
+            raise UserError(f"--attack_queries must be >= 1 (got {queries})")
+        # The attacker sees the mean of this many sends of each image, in training and when scored.
+        self.queries = int(queries)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.device = torch.device(device) if device is not None else None
         self.progress, self.feature_cache_mb, self.log = progress, feature_cache_mb, log
@@ -171,9 +189,9 @@ class Attack:
         dev = self.device
         if self.eval_limit is not None:
             evals = type(evals)(x=evals.x[:self.eval_limit], y=evals.y[:self.eval_limit])
-        ctx = Context(encoder=encoder, obfuscate=obfuscate, feature_shape=tuple(split_model.feature_shape),
-                      mean=mean, std=std, x_fit=fit.x.to(dev), x_held=heldout.x.to(dev) if len(heldout) else None,
-                      x_eval=evals.x.to(dev), device=dev)
+        ctx = Context(encoder=encoder, obfuscate=averaged(obfuscate, self.queries),
+                      feature_shape=tuple(split_model.feature_shape), mean=mean, std=std, x_fit=fit.x.to(dev),
+                      x_held=heldout.x.to(dev) if len(heldout) else None, x_eval=evals.x.to(dev), device=dev)
         was_training = encoder.training
         grad_flags = [p.requires_grad for p in encoder.parameters()]
         encoder.eval()
@@ -200,7 +218,8 @@ class Attack:
             n_fit=len(fit), n_heldout=len(heldout), n_eval=len(evals), wall_time_s=time.time() - t0,
             grid_originals=to_unit(ctx.x_eval[:GRID_SIZE]).cpu(), grid_recons=grid, name=self.label(),
             epochs=self.epochs_done(), per_image_final=per_final, per_image_best=per_best, history=fitted.history,
-            model=fitted.model, settings=self.settings())
+            model=fitted.model,
+            settings={**self.settings(), **({"queries": self.queries} if self.queries > 1 else {})})
 
     def score(self, reconstruct, z: torch.Tensor, x_u8: torch.Tensor):
         """Per-image metrics of reconstruct(z) against the images, in batches; also the grid's images."""

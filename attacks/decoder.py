@@ -200,3 +200,10 @@ def load_decoder(path, device="cpu") -> nn.Module:
                         f"written with the earlier design ({ck['arch']}_v0): rerun the decoder attack")
     model.load_state_dict(ck["state_dict"], strict=True)
     return model.to(device).eval()
+
+
+def from_settings(s: dict, common: dict, place) -> DecoderAttack:
+    """The registered factory (attacks/specs/decoder.py)."""
+    return DecoderAttack(gan_AE_type=s["gan_AE_type"], epochs=int(s["attack_epochs"]),
+                         capture=str(s.get("capture", "auto")), bf16=bool(s.get("bf16")),
+                         heldout_bn=str(s["decoder_heldout_bn"]), **common)

@@ -1,68 +1,55 @@
-"""The attacks' names, modes and command-line flags, declared here by the attacks themselves (DESIGN.md §8).
+"""The attacks' names, modes and command-line flags, read from the registry (attacks/registry.py), where
+each attack declares its own (DESIGN.md §8).
 
 Standard library only: the run lifecycle's parser is built once per configuration when a sweep is
 planned, which must not import torch.
 """
 from __future__ import annotations
 
-import argparse
+from attacks.registry import flag_actions, names, specs
+from attacks.specs.decoder import add_decoder_flags, parse_classes  # noqa: F401  (add_*: re-exported)
+from attacks.specs.gan import add_gan_flags, gan_epochs  # noqa: F401
+from attacks.specs.rmle import add_rmle_flags  # noqa: F401
 
-ATTACKS = ("decoder", "gan", "rmle")  # in running order: the GAN generator starts from the decoder's weights
+ATTACKS = names()  # in running order: an attack runs after the one it starts from
 MODES = ("train_time", "infer_time")
 # What the attacker's queries go through (DESIGN.md §5): `sent` = every defence of the pipeline, as the
 # device sends it; `noise_only` = the Gaussian noise alone, the published attacker's view.
 VIEWS = ("sent", "noise_only")
-# Bump an attack's number when its results change meaning (another network design, a fixed bug):
-# results recorded under an older number then count as missing and are recomputed beside the old ones,
-# without retraining. Folders written before these numbers existed read as 1. Decoder and GAN 2:
-# res_normN{N}C{C} became the published decoder (and generator) and DGWGAN32 the published critic.
-RESULTS_VERSION = {"decoder": 2, "gan": 2, "rmle": 1}
+# Bump an attack's number (its spec's `version`) when its results change meaning (another network
+# design, a fixed bug): results recorded under an older number then count as missing and are recomputed
+# beside the old ones, without retraining. Folders written before these numbers existed read as 1.
+RESULTS_VERSION = {s.name: s.version for s in specs()}
+# Each flag's range, as the attacks declare them (lifecycle/flags.RANGES holds them with the others').
+RANGES = {"attack_queries": (1, True), **{k: v for s in specs() for k, v in s.ranges.items()}}
+# What every attacker may be given, whichever attack it runs: keys every attack's results.
+ATTACKER_FLAGS = ("attack_queries", "attack_eval_classes")
+# Flags added after run folders existed: at their default they are left out of identities and keys.
+ADDED_LATER = frozenset(ATTACKER_FLAGS).union(*(s.added_later for s in specs()))
 
 
-def add_decoder_flags(group) -> None:
-    group.add_argument("--attack_epochs", type=int, default=50, help="decoder attack epochs (default: %(default)s)")
-    group.add_argument("--gan_AE_type", default="res_normN8C64",
-                       help="attack decoder: res_normN{blocks}C{channels} (the published decoder), "
-                            "res_normN{N}C{C}_v0 (this project's earlier one) or conv_normN{N}C{C} "
-                            "(default: %(default)s)")
-    group.add_argument("--attacker_data", default="split", choices=["split", "published"],
-                       help="attacker's images: split (train_time: the defender's training split, infer_time: "
-                            "90%% of the test set, 10%% of either held out to pick the best decoder) or published "
-                            "(train_time: every training image, validation split included; infer_time: all 90%%; "
-                            "no held-out images) (default: %(default)s)")
-    group.add_argument("--decoder_heldout_bn", default="eval", choices=["eval", "train"],
-                       help="decoder mode in the per-epoch held-out pass: eval, or train as published (batch "
-                            "statistics, and the held-out images update BatchNorm's running statistics) "
-                            "(default: %(default)s)")
+def add_attacker_flags(group) -> None:
+    group.add_argument("--attack_queries", type=int, default=1, metavar="K",
+                       help="repeated-query attacker (adaptive): it sees the mean of K independent sends of each "
+                            "image (an input re-sent K times, or K epochs of split training), trains on such means "
+                            "and inverts them; needs a defence with fresh randomness per send (noise, local DP, "
+                            "dropout) (default: %(default)s)")
+    group.add_argument("--attack_eval_classes", default=None, metavar="CLASSES",
+                       help="score every attack on the victim's eval images of these classes only, e.g. 5-9 or "
+                            "0,2,5 (with --attacker_data aux:cifar10[0-4]: SDAR's class removal, the attacker "
+                            "never saw the scored classes) (default: all)")
 
 
-def add_gan_flags(group) -> None:
-    group.add_argument("--gan_epochs", type=int, default=None,
-                       help="GAN attack epochs (default: 150; 80 for tinyimagenet, as in the paper)")
-    group.add_argument("--n_critic", type=int, default=10,
-                       help="critic steps per generator step (default: %(default)s)")
-    group.add_argument("--mse_weight", type=float, default=1500.0,
-                       help="weight of the pixel MSE in the generator loss (default: %(default)s)")
-    group.add_argument("--lr_D", type=float, default=5e-3, help="critic Adam lr (default: %(default)s)")
-    group.add_argument("--lr_G", type=float, default=5e-4, help="generator Adam lr (default: %(default)s)")
-    group.add_argument("--gan_batch_size", type=int, default=128, help="GAN batch size (default: %(default)s)")
-    group.add_argument("--gan_loop", default="ours", choices=["ours", "published"],
-                       help="GAN attack critic steps: ours (generator in train mode, one noisy query per batch) or "
-                            "published (generator in eval mode for the critic steps, fresh noise for the "
-                            "generator step) (default: %(default)s)")
-    group.add_argument("--checkpoint_every", type=int, default=5,
-                       help="GAN epochs between resumable checkpoints (default: %(default)s)")
-
-
-def add_rmle_flags(group) -> None:
-    group.add_argument("--rmle_steps", type=int, default=500,
-                       help="rMLE Adam steps per image (default: %(default)s)")
-    group.add_argument("--rmle_lr", type=float, default=0.05, help="rMLE Adam lr (default: %(default)s)")
-    group.add_argument("--tv_weight", type=float, default=0.05,
-                       help="rMLE total-variation weight (default: %(default)s)")
-    group.add_argument("--rmle_max_images", type=int, default=None,
-                       help="score rMLE on the first N eval images only (they span the classes); its cost grows "
-                            "with every image (default: all)")
+def fresh_randomness(cfg: dict, view: str) -> list:
+    """Which of the run's defences draw fresh randomness per send in this attacker view: only those make
+    K sends hold more than one."""
+    out = []
+    if str(cfg.get("regularization", "None")).lower() != "none" and float(cfg.get("regularization_strength") or 0):
+        out.append("Gaussian noise")
+    at = str(cfg.get("AT_regularization") or "None")
+    if view == "sent" and float(cfg.get("AT_regularization_strength") or 0) > 0:
+        out += [name for word, name in (("local_dp", "local DP"), ("dropout", "dropout")) if word in at]
+    return out
 
 
 def add_selection_flags(group) -> None:
@@ -72,8 +59,8 @@ def add_selection_flags(group) -> None:
                             "90%% of the test set, scored on the rest) (default: %(default)s)")
     add_view_flag(group)
     group.add_argument("--attacks", default="decoder",
-                       help="comma list of attacks: decoder (training-based), gan (WGAN-GP generator started from "
-                            "the decoder), rmle (white-box optimisation) (default: %(default)s)")
+                       help="comma list of attacks: " + ", ".join(s.summary or s.name for s in specs())
+                            + " (default: %(default)s)")
 
 
 def add_view_flag(group) -> None:
@@ -84,31 +71,34 @@ def add_view_flag(group) -> None:
                             "(default: %(default)s)")
 
 
-def _actions(add) -> list:
-    parser = argparse.ArgumentParser(add_help=False)
-    add(parser)
-    return parser._actions  # no public accessor; stable since Python 2.7
+def add_attack_flags(group) -> None:
+    """Every attack's own flags, then the selection flags, into the parser's attack group."""
+    for s in specs():
+        s.add_flags(group)
+    add_attacker_flags(group)
+    add_selection_flags(group)
 
 
-def _dests(add) -> tuple:
-    return tuple(a.dest for a in _actions(add))
-
-
-# Every attack flag's default, read from the declarations above (configs written before a flag existed
+# Every attack flag's default, read from the declarations (configs written before a flag existed
 # lack it; their attacks run with its default).
-DEFAULTS = {a.dest: a.default for add in (add_decoder_flags, add_selection_flags, add_gan_flags, add_rmle_flags)
-            for a in _actions(add)}
+DEFAULTS = {a.dest: a.default for a in flag_actions(add_attack_flags)}
 
 
 def settings_flags() -> dict:
-    """{attack: the flags its results depend on}, from the declarations above, so that a flag added to
-    one attack's group keys that attack's results. The GAN's include the decoder's: its generator
-    starts from the decoder those settings trained."""
-    decoder = _dests(add_decoder_flags)
-    return {"decoder": decoder, "gan": decoder + _dests(add_gan_flags), "rmle": _dests(add_rmle_flags)}
+    """{attack: the flags its results depend on}, from the declarations, so that a flag added to one
+    attack's group keys that attack's results. An attack that starts from another's saved network
+    (the GAN's generator, rmle_from_decoder's start) includes that attack's flags."""
+    out: dict = {}
+    for s in specs():
+        out[s.name] = tuple(dict.fromkeys((out[s.starts_from] if s.starts_from else ()) + s.flag_dests()
+                                          + ATTACKER_FLAGS))
+    return out
 
 
-def gan_epochs(cfg: dict) -> int:
-    if cfg.get("gan_epochs") is not None:
-        return int(cfg["gan_epochs"])
-    return 80 if str(cfg.get("dataset", "")).lower().startswith("tinyimagenet") else 150
+def check_settings(cfg: dict) -> None:
+    """Each attack's own check of values no range covers (a list of weights, ...)."""
+    if cfg.get("attack_eval_classes") is not None:
+        parse_classes(cfg["attack_eval_classes"], "--attack_eval_classes")
+    for s in specs():
+        if s.check is not None:
+            s.check(cfg)

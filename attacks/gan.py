@@ -18,6 +18,7 @@ import torch.nn as nn
 from architectures.decoders import build_decoder, state_mismatch
 from architectures.discriminators import build_critic
 from attacks.base import Context, TrainedAttack, to_unit
+from attacks.specs.gan import gan_epochs
 from utils import UserError, load_checkpoint
 
 
@@ -164,3 +165,11 @@ class GANAttack(TrainedAttack):
         n_critic_steps = max(1, n_critic_steps)
         return {"loss": sums["loss"] / n_critic_steps, "critic_loss": sums["critic_loss"] / n_critic_steps,
                 "gen_loss": sums["gen_loss"] / max(1, n_gen_steps), "lr": torch.tensor(lr_g)}
+
+
+def from_settings(s: dict, common: dict, place) -> GANAttack:
+    """The registered factory (attacks/specs/gan.py): the generator starts from the decoder at place.start."""
+    return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
+                     n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
+                     lr_g=float(s["lr_G"]), init_from=place.start, checkpoint_path=place.checkpoint,
+                     checkpoint_every=int(s["checkpoint_every"]), loop=str(s["gan_loop"]), **common)

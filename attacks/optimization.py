@@ -53,18 +53,32 @@ class RMLEAttack(Attack):
 
     def invert(self, ctx: Context, z_tilde: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
         """x^ in [0,1] for a batch of observed features; the encoder stays frozen."""
-        w = w0.expand(z_tilde.shape[0], -1, -1, -1).clone().requires_grad_(True)
-        opt = torch.optim.Adam([w], lr=self.lr)
         target = z_tilde.detach().flatten(1)
-        bar = tqdm(range(self.steps), desc=f"rMLE ({z_tilde.shape[0]} images)", disable=not self.progress,
-                   leave=False)
-        with torch.enable_grad():
-            for _ in bar:
-                x = torch.sigmoid(w)
-                data = (ctx.encoder(normalize(x, ctx.mean, ctx.std)).flatten(1) - target).pow(2).mean(1)
-                loss = (data + self.tv_weight * total_variation(x)).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        bar.close()
-        return torch.sigmoid(w.detach())
+
+        def objective(x):
+            data = (ctx.encoder(normalize(x, ctx.mean, ctx.std)).flatten(1) - target).pow(2).mean(1)
+            return data + self.tv_weight * total_variation(x)
+
+        w = w0.expand(z_tilde.shape[0], -1, -1, -1)
+        return descend(w, objective, self.steps, self.lr, f"rMLE ({z_tilde.shape[0]} images)", self.progress)
+
+
+def descend(w0: torch.Tensor, objective, steps: int, lr: float, desc: str, progress: bool) -> torch.Tensor:
+    """Adam on the logits w of a batch of images (x^ = sigmoid(w), so x^ stays in [0,1]) minimising
+    objective(x^) -> (B,) per-image losses, summed (images do not interact); returns sigmoid(w)."""
+    w = w0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=lr)
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    with torch.enable_grad():
+        for _ in bar:
+            loss = objective(torch.sigmoid(w)).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    bar.close()
+    return torch.sigmoid(w.detach())
+
+def from_settings(s: dict, common: dict, place) -> RMLEAttack:
+    """The registered factory (attacks/specs/rmle.py)."""
+    return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]),
+                      eval_limit=s["rmle_max_images"], **common)

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from attacks.flags import DEFAULTS, gan_epochs
+from attacks import registry
+from attacks.flags import DEFAULTS, fresh_randomness
 from lifecycle.flags import attack_lists
 from lifecycle.identity import attack_keys
 from lifecycle.results import attack_key, file_tag, merge_recorded, missing, slot, todo
@@ -28,25 +29,17 @@ def attack_flags() -> frozenset:
 
 
 def make_attack(name: str, cfg: dict, mode: str, run_dir: Path, device, progress: bool, log, tag: str = "",
-                decoder_tag: str = ""):
-    """One attack for `mode`; `tag` marks its files, `decoder_tag` those of the decoder the GAN starts from."""
+                start_tag: str = "", view: str = "sent"):
+    """One attack for `mode` and `view`, built by its registered factory; `tag` marks its files,
+    `start_tag` those of the attack it starts from. An unregistered name is a UserError, never a fallback."""
+    spec = registry.spec(name)
     s = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log)
-    if name == "decoder":
-        from attacks.decoder import DecoderAttack
-        return DecoderAttack(gan_AE_type=s["gan_AE_type"], epochs=int(s["attack_epochs"]),
-                             capture=str(s.get("capture", "auto")), bf16=bool(s.get("bf16")),
-                             heldout_bn=str(s["decoder_heldout_bn"]), **common)
-    if name == "gan":
-        from attacks.gan import GANAttack
-        return GANAttack(generator=s["gan_AE_type"], epochs=gan_epochs(s), batch_size=int(s["gan_batch_size"]),
-                         n_critic=int(s["n_critic"]), mse_weight=float(s["mse_weight"]), lr_d=float(s["lr_D"]),
-                         lr_g=float(s["lr_G"]), init_from=run_dir / "attacks" / f"decoder_{mode}{decoder_tag}.pt",
-                         checkpoint_path=run_dir / "attacks" / f"gan_{mode}{tag}.ckpt.pt",
-                         checkpoint_every=int(s["checkpoint_every"]), loop=str(s["gan_loop"]), **common)
-    from attacks.optimization import RMLEAttack
-    return RMLEAttack(steps=int(s["rmle_steps"]), lr=float(s["rmle_lr"]), tv_weight=float(s["tv_weight"]),
-                      eval_limit=s["rmle_max_images"], **common)
+    common = dict(seed=int(cfg["random_seed"]), device=device, progress=progress, log=log,
+                  queries=int(s["attack_queries"]))
+    attacks = Path(run_dir) / "attacks"
+    start = attacks / f"{spec.starts_from}_{mode}{start_tag}.pt" if spec.starts_from else None
+    place = registry.Place(mode, view, start, attacks / f"{name}_{mode}{tag}.ckpt.pt")
+    return registry.factory(name)(s, common, place)
 
 
 def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metrics: dict, progress: bool = True,
@@ -57,28 +50,35 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
     Results go where lifecycle/results.py says: an attack's first settings own `attack.<attack>`,
     other settings and views go beside, with their tag in file names so they never replace others'.
     """
-    from attacks.decoder import attacker_splits, save_decoder
+    from attacks.aux_data import attacker_images
+    from attacks.decoder import save_decoder
     from attacks.grid import save_grid
 
     run_dir = Path(run_dir)
     attacks, modes, views = attack_lists(cfg)
     wanted = set(todo(metrics, cfg, force))
     for mode in modes:
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
-                                         str(cfg.get("attacker_data") or "split"))
+        fit, held, evals = attacker_images(bundle, mode, int(cfg["random_seed"]), cfg.get("attacker_data"),
+                                           cfg.get("attack_eval_classes"), cfg.get("data_root"))
         for view in views:
+            if int(cfg.get("attack_queries") or 1) > 1 and not fresh_randomness(cfg, view):
+                raise UserError(f"--attack_queries {cfg['attack_queries']}: this run sends the same features every "
+                                f"time in view {view} (no noise, local DP or dropout), so K sends show no more than "
+                                "one; there is no curve to compute")
             obfuscate = defenses.deployed(view)
             for name in attacks:
                 if (name, mode, view) not in wanted:
                     continue
                 where = slot(metrics, name, attack_key(cfg, name), view)
-                # The GAN starts from the decoder trained with the decoder settings of its own key, this view.
-                dec_tag = file_tag(metrics, "decoder", attack_key(cfg, "decoder"), view) if name == "gan" else ""
-                attack = make_attack(name, cfg, mode, run_dir, device, progress, log, where.tag, dec_tag)
+                # An attack starting from another's network (the GAN from the decoder) starts from the one
+                # trained with the settings of its own key, this view.
+                first = registry.spec(name).starts_from
+                start_tag = file_tag(metrics, first, attack_key(cfg, first), view) if first else ""
+                attack = make_attack(name, cfg, mode, run_dir, device, progress, log, where.tag, start_tag, view)
                 n_eval = min(len(evals), getattr(attack, "eval_limit", None) or len(evals))
                 log(f"{name} attack ({mode}, view {view}): fit {len(fit)}, held-out {len(held)}, eval {n_eval}, "
                     f"{attack.label()}, {attack.epochs_done() or getattr(attack, 'epochs', '')} "
-                    f"{'steps' if name == 'rmle' else 'epochs'}; results: metrics.json {where.where}.{mode}")
+                    f"{registry.spec(name).unit}; results: metrics.json {where.where}.{mode}")
                 res = attack.run(model, obfuscate, fit, held, evals, bundle.mean, bundle.std)
                 grid = Path("images") / f"{name}_{mode}{where.tag}.png"
                 save_grid(res.grid_originals, res.grid_recons, run_dir / grid)

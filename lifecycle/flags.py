@@ -10,16 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from attacks.flags import (
-    ATTACKS,
-    DEFAULTS,
-    MODES,
-    VIEWS,
-    add_decoder_flags,
-    add_gan_flags,
-    add_rmle_flags,
-    add_selection_flags,
-)
+from attacks.flags import ATTACKS, DEFAULTS, MODES, VIEWS, add_attack_flags, check_settings
+from attacks.flags import RANGES as ATTACK_RANGES
 from defenses.flags import add_defence_flags
 from utils import UserError
 
@@ -120,10 +112,7 @@ def build_parser(description: str = "Train one configuration, then attack it.") 
                    help="keep NCHW memory format (channels_last is on by default: faster on CPU and CUDA)")
     add_defence_flags(p.add_argument_group("defence"))
     a = p.add_argument_group(ATTACK_GROUP)
-    add_decoder_flags(a)
-    add_selection_flags(a)
-    add_gan_flags(a)
-    add_rmle_flags(a)
+    add_attack_flags(a)
     a.add_argument("--no_attack", action="store_true", help="train only")
     a.add_argument("--attack_only", action="store_true",
                    help="re-attack a trained run from its checkpoint (no training)")
@@ -201,16 +190,10 @@ def _parses(convert, value) -> bool:
 RANGES = {
     "learning_rate": (0, False), "local_lr": (0, False), "regularization_strength": (0, True),
     "lambd": (0, True), "var_threshold": (0, False), "AT_regularization_strength": (0, True),
-    "num_epochs": (1, True), "batch_size": (2, True), "attack_epochs": (1, True),
+    "num_epochs": (1, True), "batch_size": (2, True),
     "limit_train": (1, True), "limit_test": (1, True), "random_seed": (0, True, 2**63 - 1),
-    "num_classes": (2, True),
-    "gan_pretrain_epochs": (0, True), "gan_epochs": (1, True), "n_critic": (1, True), "mse_weight": (0, True),
-    "lr_D": (0, False), "lr_G": (0, False), "checkpoint_every": (1, True),
-    # 2: the generator is a decoder with BatchNorm, which cannot train on one image, and the attack
-    # drops a last batch of one, so a batch size of 1 would train on one image per epoch.
-    "gan_batch_size": (2, True),
-    "checkpoint_seconds": (0, True),
-    "rmle_steps": (1, True), "rmle_lr": (0, False), "tv_weight": (0, True),
+    "num_classes": (2, True), "gan_pretrain_epochs": (0, True), "checkpoint_seconds": (0, True),
+    **ATTACK_RANGES,  # each attack declares its own (attacks/registry.py)
 }
 
 
@@ -234,3 +217,4 @@ def check_numbers(cfg: dict) -> None:
         top = high[0] if high else COUNT_MAX if isinstance(value, int) else None
         if top is not None and value > top:
             raise UserError(f"--{key} must be <= {top} (got {value})")
+    check_settings(cfg)

@@ -20,6 +20,8 @@ import json
 import re
 from pathlib import Path
 
+from attacks.flags import ADDED_LATER
+
 # Bump when the meaning of metrics.json's numbers changes: older runs then no longer count as finished.
 RESULTS_FORMAT = 1
 
@@ -46,13 +48,17 @@ PUBLISHED_SWITCHES = frozenset({
     "cem_stats", "cem_kmeans", "attacker_data", "decoder_heldout_bn", "gan_adv_init", "gan_loop",
     "init",
 })
+# The attacks' flags that change an existing attack's results and were added after run folders existed
+# (attacks/flags.ADDED_LATER) are left out of attack keys at their default (lifecycle/results.attack_key);
+# like the switches, an absent one stands for its default.
+AT_DEFAULT_LEFT_OUT = PUBLISHED_SWITCHES | ADDED_LATER
 
 
 @functools.lru_cache(maxsize=1)
 def switch_defaults() -> dict:
     from lifecycle.flags import build_parser
 
-    return {a.dest: a.default for a in build_parser()._actions if a.dest in PUBLISHED_SWITCHES}
+    return {a.dest: a.default for a in build_parser()._actions if a.dest in AT_DEFAULT_LEFT_OUT}
 
 
 def absent(key: str):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 from typing import Iterator, NamedTuple, Optional
 
-from attacks.flags import ATTACKS, DEFAULTS, MODES, RESULTS_VERSION, VIEWS, settings_flags
+from attacks.flags import ADDED_LATER, ATTACKS, DEFAULTS, MODES, RESULTS_VERSION, VIEWS, settings_flags
+from attacks.registry import chain
 from lifecycle.identity import counts, differences, digest, plain
 
 SENT = "sent"
@@ -53,8 +54,13 @@ def attack_key(cfg: dict, attack: str, version: Optional[int] = None) -> dict:
     key = {VERSION: RESULTS_VERSION[attack] if version is None else version}
     for flag in settings_flags()[attack]:
         value = cfg.get(flag)
+        if flag in ADDED_LATER and value in (None, DEFAULTS.get(flag)):
+            continue  # results recorded before the flag existed keep their key
         if counts(flag, value):
             key[flag] = plain(DEFAULTS.get(flag) if value is None else value)
+    for spec in chain(attack):  # what else its results (and those of the attack it starts from) depend on
+        if spec.key_extras is not None:
+            key.update(plain(spec.key_extras(cfg)))
     return key
 
 

@@ -44,11 +44,11 @@ def check_attack_data(cfg: dict, bundle) -> None:
     """Each requested attack mode must find attacker, held-out and evaluation images in this data."""
     if cfg.get("no_attack"):
         return
-    from attacks.decoder import attacker_splits
+    from attacks.aux_data import attacker_images
 
     for mode in parse_modes(cfg["attack_modes"]):
-        fit, held, evals = attacker_splits(bundle, mode, int(cfg["random_seed"]),
-                                         str(cfg.get("attacker_data") or "split"))
+        fit, held, evals = attacker_images(bundle, mode, int(cfg["random_seed"]), cfg.get("attacker_data"),
+                                           cfg.get("attack_eval_classes"), cfg.get("data_root"))
         if min(len(fit), len(held), len(evals)) == 0:
             raise UserError(f"attack mode {mode} gets {len(fit)} attacker, {len(held)} held-out and {len(evals)} "
                             "evaluation images from this data; use more images (--limit_train / --limit_test) "

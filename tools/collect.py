@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from attacks.flags import ATTACKS
 from lifecycle.identity import NOT_RESULT_KEYS, absent
 from lifecycle.results import SENT, entries
 from tools.stats import sd
@@ -185,7 +186,7 @@ def _record(path: Path, data: dict) -> dict:
     return rec
 
 
-ATTACK_ORDER = ("decoder", "gan", "rmle")
+ATTACK_ORDER = ATTACKS  # the registry's order (attacks/registry.py)
 
 
 def attack_modes(runs: list[dict]) -> list[tuple[str, str]]:

@@ -206,8 +206,12 @@ def run(args) -> list[Path]:
     side = comparison(groups(runs), args.mode, args.which)
     text = text + ("\n" + side if side else "")
     from tools.gain import gain_markdown
+    from tools.gain_attackers import attackers_gain_markdown
+    from tools.queries import queries_markdown
 
     gain = gain_markdown(grouped, args.attack, args.mode, args.which)
+    text += queries_markdown(runs, args.mode, args.which)
+    gain += attackers_gain_markdown(runs, args.mode, args.which)
     write_file_atomic(md_path, (head + text + gain).encode("utf-8"))
     # matplotlib is slow to import; only needed here
     from tools.html_report import write_html

@@ -1,0 +1,1 @@
+"""The built-in attacks' declarations (attacks/registry.py): standard library only."""
