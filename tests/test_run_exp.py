@@ -301,9 +301,9 @@ run_experiment(cfg)
 
 def stand_in_repo(tmp_path):
     repo = tmp_path / "repo"
-    for package in ("tools", "lifecycle", "attacks", "defenses"):
+    for package in ("tools", "lifecycle", "attacks", "defenses", "utils"):
         shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("run_exp.sh", "main_MIA.py", "utils.py"):
+    for name in ("run_exp.sh", "main_MIA.py"):
         shutil.copy(REPO / name, repo / name)
     (repo / "lifecycle" / "experiment.py").write_text(FAKE_EXPERIMENT)
     return repo

@@ -1,10 +1,6 @@
-"""Small shared helpers: user-facing errors, seeding, device choice, atomic result files, the one
-checkpoint loader, image scaling.
-
-torch and numpy are imported where they are used, not here: the sweep's planner and the run lifecycle's
-flag, identity and run-folder modules import this module once per configuration and must not pay
-seconds for importing torch.
-"""
+"""Every file the project writes into a run or report folder goes through here (DESIGN.md §11): whole files
+as a new file moved into place, appends opened without following links, strict JSON reading, and the one
+checkpoint loader (weights_only=True)."""
 from __future__ import annotations
 
 import csv
@@ -13,164 +9,14 @@ import json
 import math
 import os
 import pickle
-import random
 import re
-import signal
 import stat
 import tempfile
-import threading
-import unicodedata
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
-
-
-_BREAKS = {"Cc", "Cf", "Cs", "Zl", "Zp"}  # controls, format (bidi) characters, lone surrogates, line breaks
-
-
-def one_line(value) -> str:
-    """`value` as text without line breaks or invisible control characters (newlines, carriage
-    returns, terminal escapes, U+2028, bidi overrides ...): each becomes a space, so a folder name or a
-    recorded string printed in a message cannot start a forged `error:` line, reach the terminal as an
-    escape code, nor start a new table row or heading in a report."""
-    return "".join(" " if unicodedata.category(c) in _BREAKS else c for c in str(value))
-
-
-shown = one_line  # for messages: reads better at the call site
-
-
-class UserError(Exception):
-    """A problem with the user's flags, paths or files.
-
-    Entry points print its message as one line and exit with status 2, never a traceback.
-    The message should name the problem and the fix.
-    """
-
-
-class RunFailed(Exception):
-    """The run started correctly but could not produce valid results (e.g. the loss became non-finite).
-
-    Its status is recorded as `failed` in metrics.json; entry points print one line and exit with status 1.
-    """
-
-
-class OutOfSpace(Exception):
-    """The disk filled while a result or checkpoint was written.
-
-    Files are replaced atomically, so everything saved before is intact: the run resumes from its last
-    checkpoint once space is freed. Entry points print one line and exit with status 1.
-    """
-
-    @classmethod
-    def at(cls, path=None) -> "OutOfSpace":
-        path = path and os.path.abspath(path)
-        where = f" holding {os.path.dirname(path)} while writing {os.path.basename(path)}" if path else ""
-        return cls(f"no space left on the device{where}; nothing saved earlier was overwritten: free space, "
-                   "then rerun the same command (add --resume to continue training)")
-
-
-class NotStrictJSON(ValueError):
-    """A run file this project cannot have written: it holds NaN or ±Infinity (Python's json reads them,
-    but write_json stores null and names the value under `non_finite`), or it is larger or more deeply
-    nested than any run file. It was made or edited by something else, so it is refused, not read."""
-
-
-def reject_non_finite(token: str):
-    """json.load's parse_constant hook: called for the bare words NaN, Infinity and -Infinity."""
-    raise NotStrictJSON(f"holds a bare {token}, which is not JSON (this project writes null for a "
-                        "non-finite number)")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, the sweep), raised by the handler `stop_on_sigterm` installs: work stops as
-    on Ctrl-C, saved and resumable. Entry points exit 143 for it and 130 for Ctrl-C (128 + the signal),
-    as run_exp.sh does, so a caller can tell who stopped it."""
-
-
-def _terminate(signum, frame):
-    # Once only: a scheduler and a sweep may both send it, and a second one must not cut the saving short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
-
-
-def stop_on_sigterm() -> None:
-    """Entry points only: without this, SIGTERM kills the process with no clean-up and no message."""
-    signal.signal(signal.SIGTERM, _terminate)
-
-
-@contextmanager
-def signals_deferred():
-    """SIGINT/SIGTERM that arrive inside the block take effect when it ends, so that files which must
-    change together do (an attack's results, then the resumable checkpoint they make obsolete)."""
-    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
-        yield
-        return
-    caught: list = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in before:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in before.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in dict.fromkeys(caught):
-            handler = before[s]
-            if callable(handler):  # called here, now: no second trip through the OS, whose timing can vary
-                handler(s, None)
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(s)
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def check_device_name(name) -> str:
-    """The --device value, lower-cased, if it is one this project knows; no torch needed, so it is
-    checked with the other flags before any work (and before a finished run is reported finished)."""
-    low = str(name or "auto").lower()
-    if not DEVICE_NAMES.fullmatch(low):
-        raise UserError(f"unknown --device '{name}'; choose auto, cpu, cuda, cuda:N or mps")
-    return low
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    import torch
-
-    name = check_device_name(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {name} was asked for but no CUDA GPU is visible; use --device auto or cpu")
-        count = torch.cuda.device_count()
-        if ":" in name and int(name[5:]) >= count:  # else torch fails later, at the first tensor moved
-            raise UserError(f"--device {name} was asked for but only {count} CUDA GPU(s) are visible "
-                            f"(cuda:0 to cuda:{count - 1}); pick one of them or use --device cuda")
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UserError("--device mps was asked for but MPS is not available; use --device auto or cpu")
-    return torch.device(name)
-
+from .errors import NotStrictJSON, OutOfSpace, UserError, one_line, reject_non_finite, shown, signals_deferred
 
 TMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` beside the target
 
@@ -432,62 +278,3 @@ def truncate_csv(path: str | Path, keep: int) -> None:
         return
     data = "".join(",".join(r) + "\n" for r in rows[: 1 + keep]).encode()
     _atomic_replace(path, lambda fh: fh.write(data))
-
-
-def _stats(t: torch.Tensor, stat: Sequence[float]) -> torch.Tensor:
-    import torch
-
-    return torch.as_tensor(stat, dtype=t.dtype, device=t.device).view(1, -1, 1, 1)
-
-
-def normalize(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """[0,1] images -> the network's normalised input."""
-    return (x01 - _stats(x01, mean)) / _stats(x01, std)
-
-
-def fmt_num(x: float) -> str:
-    """Compact, filename-safe number: 0.05 -> '0.05', 16.0 -> '16'."""
-    return f"{x:g}"
-
-
-# The paper's schedule, in epochs of its 240-epoch runs (used by the trainer, validation and gan_adv's decoder).
-PAPER_MILESTONES = (60, 120, 180, 210)  # the lr drops x0.2 from these (1-based) epochs on
-PAPER_BEST_RESETS = (40, 100, 200)  # the paper code's best-accuracy tracker restarts after these
-
-
-def paper_epochs(points: Sequence[int], num_epochs: int) -> list:
-    """Epochs of the paper's 240-epoch schedule scaled to the run's length; never before epoch 2, so the
-    first epoch of any run trains at the base lr."""
-    return sorted({max(2, int(round(m * num_epochs / 240))) for m in points})
-
-
-def milestones(num_epochs: int, spec: str = "paper"):
-    """Epochs (counted from 1) that already run at the lr reduced x0.2, as the paper code's MultiStepLR
-    stepped with 1-based epochs: 'paper' (60/120/180/210 of 240, scaled to the run's length), 'none'
-    (constant lr, for short demo runs), or a comma list of epochs."""
-    spec = str(spec).strip().lower()
-    if spec == "paper":
-        return paper_epochs(PAPER_MILESTONES, num_epochs)
-    if spec == "none":
-        return []
-    try:
-        return sorted({int(m) for m in spec.split(",") if m.strip()})
-    except ValueError:
-        raise UserError(f"bad --milestones '{spec}'; use paper, none, or a comma list of epochs like 60,120") from None
-
-
-def best_resets(num_epochs: int):
-    """1-based epochs after which the paper code forgets its best accuracy (40/100/200 of 240, scaled),
-    so its "best" is the best of the last 40 epochs; only points that leave epochs after them count."""
-    return sorted({e for e in (int(round(r * num_epochs / 240)) for r in PAPER_BEST_RESETS) if 1 <= e < num_epochs})
-
-
-def step_decay(base: float, epoch: int, points: Sequence[int], factor: float = 0.2) -> float:
-    """lr of the epoch with 0-based index `epoch` (its 1-based number is epoch + 1) when it drops
-    x`factor` from each 1-based epoch of `points` on, as MultiStepLR stepped with 1-based epochs."""
-    return base * factor ** sum(epoch + 1 >= m for m in points)
-
-
-def scheduled_lr(base: float, epoch: int, num_epochs: int, spec: str = "paper") -> float:
-    """lr of the epoch with 0-based index `epoch` under --milestones `spec`."""
-    return step_decay(base, epoch, milestones(num_epochs, spec))
