@@ -92,13 +92,14 @@ class TraceEstimate:
 
 def jtj_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, batch_size: int = 256,
               rel_se: float = 0.05, min_probes: int = 4, max_probes: int = 64,
-              generator: Optional[torch.Generator] = None, progress: bool = False) -> TraceEstimate:
+              generator: Optional[torch.Generator] = None, progress: bool = False, device=None) -> TraceEstimate:
     """Hutchinson: E_v ‖J v‖² = Tr(JᵀJ) for Rademacher v, J = ∂fn/∂x per image (fn acts per image).
 
     One probe round draws a fresh v for every image and runs one forward-mode pass (torch.func.jvp)
-    over the images in batches. Rounds continue until the standard error of the mean over rounds,
-    relative to the mean, is below `rel_se`, or `max_probes` rounds ran. The standard error is that of
-    the probes for these images (the sampling error of the eval images themselves is not in it).
+    over the images in batches (moved to `device` one at a time). Rounds continue until the standard
+    error of the mean over rounds, relative to the mean, is below `rel_se`, or `max_probes` rounds
+    ran. The standard error is that of the probes for these images (the sampling error of the eval
+    images themselves is not in it).
     """
     n = x.shape[0]
     d = x[0].numel()
@@ -111,7 +112,7 @@ def jtj_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, ba
         while len(rounds) < max_probes:
             sq = torch.empty(n, dtype=torch.float64)
             for s in range(0, n, batch_size):
-                xb = x[s:s + batch_size]
+                xb = x[s:s + batch_size].to(device) if device is not None else x[s:s + batch_size]
                 v = torch.randint(0, 2, xb.shape, generator=gen).to(device=xb.device, dtype=xb.dtype).mul_(2).sub_(1)
                 _, jv = torch.func.jvp(fn, (xb,), (v,))
                 sq[s:s + batch_size] = jv.detach().reshape(jv.shape[0], -1).double().pow(2).sum(1).cpu()
