@@ -90,16 +90,30 @@ class TraceEstimate:
     per_image: torch.Tensor  # [N] per-image estimates of Tr(J_iᵀJ_i)/d (CPU, float64)
 
 
+def _mean_se(per_image_sum: torch.Tensor, rounds: list) -> tuple:
+    """Mean and standard error after len(rounds) probe rounds.
+
+    Over N ≥ 2 images: the sd of the per-image means over √N. Each image's probe error is inside it,
+    so it is never below the probes' own error for these images, and it also holds the sampling error
+    of the images (the figure is meant for the image distribution, not these N). One image: the sd
+    of the rounds over √rounds.
+    """
+    p = len(rounds)
+    if per_image_sum.numel() >= 2:
+        m = per_image_sum / p
+        return float(m.mean()), float(m.std(unbiased=True)) / math.sqrt(m.numel())
+    r = torch.tensor(rounds, dtype=torch.float64)
+    return float(r.mean()), (float(r.std(unbiased=True)) / math.sqrt(p) if p > 1 else float("inf"))
+
+
 def jtj_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, batch_size: int = 256,
-              rel_se: float = 0.05, min_probes: int = 4, max_probes: int = 64,
+              rel_se: float = 0.05, min_probes: int = 2, max_probes: int = 64,
               generator: Optional[torch.Generator] = None, progress: bool = False, device=None) -> TraceEstimate:
     """Hutchinson: E_v ‖J v‖² = Tr(JᵀJ) for Rademacher v, J = ∂fn/∂x per image (fn acts per image).
 
     One probe round draws a fresh v for every image and runs one forward-mode pass (torch.func.jvp)
     over the images in batches (moved to `device` one at a time). Rounds continue until the standard
-    error of the mean over rounds, relative to the mean, is below `rel_se`, or `max_probes` rounds
-    ran. The standard error is that of the probes for these images (the sampling error of the eval
-    images themselves is not in it).
+    error (`_mean_se`) relative to the mean is below `rel_se`, or `max_probes` rounds ran.
     """
     n = x.shape[0]
     d = x[0].numel()
@@ -107,7 +121,6 @@ def jtj_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, ba
     rounds: list[float] = []
     per_image = torch.zeros(n, dtype=torch.float64)
     bar = tqdm(total=max_probes, desc="dFIL probes", disable=not progress, leave=False)
-    se = float("inf")
     try:
         while len(rounds) < max_probes:
             sq = torch.empty(n, dtype=torch.float64)
@@ -120,18 +133,15 @@ def jtj_trace(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, ba
             rounds.append(float(sq.mean()))
             bar.update(1)
             if len(rounds) >= min_probes:
-                r = torch.tensor(rounds, dtype=torch.float64)
-                mean = float(r.mean())
-                se = float(r.std(unbiased=True)) / math.sqrt(len(rounds))
+                mean, se = _mean_se(per_image, rounds)
                 bar.set_postfix(rel_se=f"{se / mean:.3f}" if mean > 0 else "n/a")
-                if mean > 0 and se / mean < rel_se or mean == 0:
+                if mean == 0 or se / mean < rel_se:
                     break
     finally:
         bar.close()
+    mean, se = _mean_se(per_image, rounds)
     p = len(rounds)
-    r = torch.tensor(rounds, dtype=torch.float64)
-    se = float(r.std(unbiased=True)) / math.sqrt(p) if p > 1 else float("nan")
-    return TraceEstimate(float(r.mean()) / d, se / d, p, per_image / (p * d))
+    return TraceEstimate(mean / d, se / d, p, per_image / (p * d))
 
 
 def dfil(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, noise: Optional[Noise], **kw) -> dict:

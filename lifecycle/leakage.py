@@ -18,7 +18,7 @@ from utils import UserError, normalize
 VERSION = 1
 EVAL_IMAGES = "test"    # the whole test split: the train_time attack's eval images (infer_time scores a part)
 REL_SE = 0.05           # Hutchinson probes are added until the standard error is under 5% of dFIL
-MIN_PROBES, MAX_PROBES = 4, 64
+MIN_PROBES, MAX_PROBES = 2, 64
 BATCH = 256
 
 

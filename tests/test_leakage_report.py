@@ -13,7 +13,8 @@ NATS = {0.0: (200.0, 210.0, 190.0), 16.0: (150.0, 170.0, 160.0)}
 
 
 def _leakage(dfil, nats):
-    return {"dfil": dfil, "dfil_se": dfil / 100, "probes": 4, "mse_bound_unbiased": 1 / dfil, "mi_bound_nats": nats,
+    return {"dfil": dfil, "dfil_se": dfil / 100, "dfil_rel_se": 0.01, "probes": 4,
+             "mse_bound_unbiased": 1 / dfil, "mi_bound_nats": nats,
             "mi_bound_bits_per_dim": nats / 0.6931471805599453 / 8192, "groups": 50, "images": 1000,
             "settings": {"version": 1}}
 
@@ -56,6 +57,7 @@ def test_sigma_lambda_table_and_paired_gain(sweep, capsys):
     cells = _row(md.split(": leakage figures")[1], "| σ=0.05 |")
     assert cells[1].startswith("100 ± 10 / 0.0101") and cells[1].endswith("(n=3)")
     assert _row(md.split(": leakage figures")[1], "| σ=0 |")[1] == "n/a (no noise)"
+    assert "4 probes per image (standard error at most 1% of it), on 1000 eval images" in md
     gain = _row(md.split("## CEM gain in the leakage figures")[1], "| 0.05 | 16 |")
     dfil = estimate(100 * (b - a) / a for a, b in zip(DFIL[0.0], DFIL[16.0]))
     nats = estimate(b - a for a, b in zip(NATS[0.0], NATS[16.0]))

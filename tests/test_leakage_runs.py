@@ -27,7 +27,7 @@ def test_training_records_the_figures(tiny_run):
     m = _metrics(tiny_run)
     lk = m["leakage"]
     assert lk["settings"] == leakage_key(m["config"])
-    assert lk["dfil"] > 0 and lk["dfil_rel_se"] < 0.05 and lk["probes"] >= 4
+    assert lk["dfil"] > 0 and lk["dfil_rel_se"] < 0.05 and lk["probes"] >= 2
     assert lk["mse_bound_unbiased"] == pytest.approx(1 / lk["dfil"])
     assert lk["images"] == m["config"]["n_test"] and lk["groups"] >= 1
     assert lk["mi_bound_nats"] >= lk["mi_group_entropy_nats"] > 0
@@ -85,5 +85,5 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys):
 def test_forward_mode_goes_through_every_encoder(arch, one_thread):
     torch.manual_seed(0)
     enc = build_split_model(arch, 2, 10, 32, "noRELU_C4S1").encoder.eval()
-    t = jtj_trace(enc, torch.rand(2, 3, 32, 32), max_probes=4)
+    t = jtj_trace(enc, torch.rand(2, 3, 32, 32), max_probes=4, rel_se=0)
     assert t.probes == 4 and t.mean > 0 and torch.isfinite(torch.tensor(t.se))

@@ -29,8 +29,8 @@ DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_va
 
 
 # metrics.json leakage (lifecycle/leakage.py): the attack-independent figures a record carries.
-LEAKAGE_FIELDS = ("dfil", "dfil_se", "probes", "mse_bound_unbiased", "mi_bound_nats", "mi_bound_bits_per_dim",
-                  "groups", "images")
+LEAKAGE_FIELDS = ("dfil", "dfil_se", "dfil_rel_se", "probes", "mse_bound_unbiased", "mi_bound_nats",
+                  "mi_bound_bits_per_dim", "groups", "images")
 
 
 def _leakage(data: dict) -> dict:

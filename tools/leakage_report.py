@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tools.collect import group_title, mean, scores, sort_key
 from tools.gain import fmt_interval, fmt_sd, seed_of
-from tools.stats import DASH, LEVEL, estimate, fmt_g, fmt_mean_sd, sd
+from tools.stats import DASH, LEVEL, estimate, fmt, fmt_g, fmt_mean_sd, sd
 from tools.untrusted import md
 
 # (field, label, format): the figures of a cell, in the order the table shows them.
@@ -32,6 +32,8 @@ def cells(runs, attack: str, mode: str, which: str) -> dict:
         for f in [f for f, _, _ in SHOWN] + ["mse", "probes", "groups", "images"]:
             vals = [_value(r, f, attack, mode, which) for r in rs]
             c[f], c[f"{f}_sd"] = mean(vals), sd(vals)
+        c["worst_rel_se"] = max((r["leakage"]["dfil_rel_se"] for r in rs if r["leakage"]["dfil_rel_se"] is not None),
+                                default=None)
         out[key] = c
     return out
 
@@ -63,12 +65,14 @@ def leakage_markdown(grouped, attack: str, mode: str, which: str) -> str:
             out.append(f"| σ={fmt_g(s)} | " + " | ".join(_cell_text(table.get((s, lam))) for lam in lambdas) + " |")
         probes = sorted({int(c["probes"]) for c in table.values() if c["probes"] is not None})
         images = sorted({int(c["images"]) for c in table.values() if c["images"] is not None})
+        worst = max((c["worst_rel_se"] for c in table.values() if c["worst_rel_se"] is not None), default=None)
         groups_ = sorted({int(round(c["groups"])) for c in table.values() if c["groups"] is not None})
         out.append("")
         out.append(f"Cell: dFIL / unbiased attacker's MSE bound 1/dFIL / I(x; z) ≤ nats per image (bits per sent "
                    f"dimension) / the {md(attack)} attack's MSE ({mode}, {which}); with (n=k): mean ± sd over k "
                    f"seeds. dFIL: Hutchinson estimate with {', '.join(map(str, probes)) or DASH} probes per image "
-                   f"(standard error < 5%), on {', '.join(map(str, images)) or DASH} eval images; the mixture bound "
+                   f"(standard error at most {fmt(None if worst is None else 100 * worst, '.2g')}% of it), "
+                   f"on {', '.join(map(str, images)) or DASH} eval images; the mixture bound "
                    f"from {', '.join(map(str, groups_)) or DASH} (class, cluster) groups. Bounds for unbiased "
                    "attackers (dFIL) and for the eval images' empirical distribution (mixture), not guarantees "
                    "against every attack: see docs/leakage.md.\n")
