@@ -14,7 +14,7 @@ NATS = {0.0: (200.0, 210.0, 190.0), 16.0: (150.0, 170.0, 160.0)}
 
 def _leakage(dfil, nats):
     return {"dfil": dfil, "dfil_se": dfil / 100, "dfil_rel_se": 0.01, "probes": 4,
-             "mse_bound_unbiased": 1 / dfil, "mi_bound_nats": nats,
+            "mse_bound_unbiased": 1 / dfil, "mi_bound_nats": nats,
             "mi_bound_bits_per_dim": nats / 0.6931471805599453 / 8192, "groups": 50, "images": 1000,
             "settings": {"version": 1}}
 
