@@ -87,3 +87,18 @@ def test_forward_mode_goes_through_every_encoder(arch, one_thread):
     enc = build_split_model(arch, 2, 10, 32, "noRELU_C4S1").encoder.eval()
     t = jtj_trace(enc, torch.rand(2, 3, 32, 32), max_probes=4, rel_se=0)
     assert t.probes == 4 and t.mean > 0 and torch.isfinite(torch.tensor(t.se))
+
+
+def test_a_model_forward_mode_cannot_go_through_records_the_error(copy_run, monkeypatch):
+    import defenses.leakage
+
+    def no_jvp(*a, **k):
+        raise NotImplementedError("no forward-mode rule for some_op\nmore lines")
+
+    _, run = copy_run
+    _drop_leakage(run)
+    monkeypatch.setattr(defenses.leakage, "jtj_trace", no_jvp)
+    assert leakage_cli.main([str(run), "--no_progress"]) == 0
+    lk = _metrics(run)["leakage"]
+    assert lk["error"] == "NotImplementedError: no forward-mode rule for some_op" and "dfil" not in lk
+    assert "warning: leakage figures not computed" in (run / "log.txt").read_text()
