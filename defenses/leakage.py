@@ -194,7 +194,10 @@ def mixture_bound(z: torch.Tensor, groups: torch.Tensor, noise: Optional[Noise],
     per_group = d_z * (0.5 * torch.log(2 * math.pi * math.e * (v + noise.variance)) - noise.entropy)
     nats = h_w + float((w * per_group).sum())
     out = {"mi_bound_nats": nats, "mi_bound_bits_per_dim": nats / math.log(2) / d_z, "mi_group_entropy_nats": h_w,
-           "groups": int(counts.numel()), "images": n, "feature_dims": d_z, "min_group_images": int(counts.min())}
+           "groups": int(counts.numel()), "images": n, "feature_dims": d_z, "min_group_images": int(counts.min()),
+           # I(x; z) of the empirical distribution is also at most H(x) = log n: above it the bound says
+           # nothing about these images (it still estimates the figure of the distribution behind them)
+           "log_images_nats": math.log(n)}
     if logdet:
         out["mi_logdet_nats"] = _logdet_form(z, groups, noise, h_w) if int(counts.min()) > d_z else None
     return out

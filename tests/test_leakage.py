@@ -110,6 +110,7 @@ def test_mixture_bound_is_the_hand_formula():
     assert out["mi_bound_nats"] == pytest.approx(hand, rel=1e-9)
     assert out["mi_bound_bits_per_dim"] == pytest.approx(hand / math.log(2) / 6, rel=1e-9)
     assert out["groups"] == 3 and out["images"] == 600 and out["min_group_images"] == 100
+    assert out["log_images_nats"] == pytest.approx(math.log(600))
     ws, vs, _ = group_stats(z, groups)
     assert torch.allclose(vs, torch.tensor(v, dtype=vs.dtype))
 
