@@ -118,7 +118,7 @@ def _lowers(e) -> str:
     if e is None:
         return DASH
     if e.lo is None:
-        return "lower (1 seed)" if e.mean < 0 else "not lower (1 seed)"
+        return "lower, 1 seed" if e.mean < 0 else "not lower, 1 seed"
     return "lower" if e.hi < 0 else ("higher" if e.lo > 0 else "no clear change")
 
 
