@@ -102,3 +102,26 @@ def test_a_model_forward_mode_cannot_go_through_records_the_error(copy_run, monk
     lk = _metrics(run)["leakage"]
     assert lk["error"] == "NotImplementedError: no forward-mode rule for some_op" and "dfil" not in lk
     assert "warning: leakage figures not computed" in (run / "log.txt").read_text()
+
+
+def test_the_pipeline_differentiates_through_the_input_normalisation():
+    # encoder = identity on the normalised image: J = diag(1/std_c), so Tr(JᵀJ)/d = mean_c 1/std_c² exactly
+    from types import SimpleNamespace
+
+    from datasets.base import TensorSplit
+    from defenses.base import DefenseStack
+    from defenses.noise import GaussianNoise
+    from lifecycle.leakage import compute_leakage
+
+    g = torch.Generator().manual_seed(0)
+    test = TensorSplit(x=torch.randint(0, 256, (40, 3, 4, 4), generator=g, dtype=torch.uint8),
+                       y=torch.arange(40) % 4)
+    std = (0.2, 0.25, 0.5)
+    bundle = SimpleNamespace(test=test, mean=(0.5, 0.4, 0.3), std=std, num_classes=4)
+    model = SimpleNamespace(encoder=torch.nn.Flatten())
+    sigma = 0.1
+    out = compute_leakage({"arch": "vgg11_bn_sgm", "random_seed": 1}, model, bundle,
+                          DefenseStack([GaussianNoise(sigma)]), torch.device("cpu"), progress=False, log=lambda m: None)
+    exact = sum(1 / s ** 2 for s in std) / 3 / sigma ** 2
+    assert out["dfil"] == pytest.approx(exact, rel=1e-5) and out["dfil_se"] == pytest.approx(0, abs=1e-6)
+    assert out["images"] == 40 and out["feature_dims"] == 48 and out["groups"] <= 4 * 5
