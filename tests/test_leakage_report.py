@@ -54,9 +54,10 @@ def test_sigma_lambda_table_and_paired_gain(sweep, capsys):
     assert report.main([str(sweep)]) == 0
     md = (sweep / "results.md").read_text()
     assert "## Leakage figures" in md and "## CEM gain in the leakage figures" in md
-    cells = _row(md.split(": leakage figures")[1], "| σ=0.05 |")
+    assert md.count("### ") == 1 and md.count(": leakage figures**") == 1  # the attack table keeps its "### " alone
+    cells = _row(md.split(": leakage figures")[1], "| 0.05 |")
     assert cells[1].startswith("100 ± 10 / 0.0101") and cells[1].endswith("(n=3)")
-    assert _row(md.split(": leakage figures")[1], "| σ=0 |")[1] == "n/a (no noise)"
+    assert _row(md.split(": leakage figures")[1], "| 0 |")[1] == "n/a (no noise)"
     assert "4 probes per image (standard error at most 1% of it), on 1000 eval images" in md
     gain = _row(md.split("## CEM gain in the leakage figures")[1], "| 0.05 | 16 |")
     dfil = estimate(100 * (b - a) / a for a, b in zip(DFIL[0.0], DFIL[16.0]))

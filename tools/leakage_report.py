@@ -58,11 +58,13 @@ def leakage_markdown(grouped, attack: str, mode: str, which: str) -> str:
         table = cells(runs, attack, mode, which)
         sigmas = sorted({k[0] for k in table}, key=sort_key)
         lambdas = sorted({k[1] for k in table}, key=sort_key)
-        out.append(f"### {md(group_title(key))}: leakage figures\n")
+        # A bold line and bare σ values, as the CEM-gain table: the attack tables' "### " titles and "| σ=" rows
+        # stay theirs alone
+        out.append(f"**{md(group_title(key))}: leakage figures**\n")
         out.append("| σ \\ λ | " + " | ".join(f"λ={fmt_g(lam)}" for lam in lambdas) + " |")
         out.append("|---" * (len(lambdas) + 1) + "|")
         for s in sigmas:
-            out.append(f"| σ={fmt_g(s)} | " + " | ".join(_cell_text(table.get((s, lam))) for lam in lambdas) + " |")
+            out.append(f"| {fmt_g(s)} | " + " | ".join(_cell_text(table.get((s, lam))) for lam in lambdas) + " |")
         probes = sorted({int(c["probes"]) for c in table.values() if c["probes"] is not None})
         images = sorted({int(c["images"]) for c in table.values() if c["images"] is not None})
         worst = max((c["worst_rel_se"] for c in table.values() if c["worst_rel_se"] is not None), default=None)
