@@ -188,6 +188,7 @@ def _train(cfg, run: Run, model, bundle, defenses, device, metrics, progress, re
         metrics["train"]["pruned_channels"] = {k: list(v) for k, v in channel_counts(model).items()}
     run.log(f"test accuracy {best_acc:.2f}% (best epoch {summary['best_epoch']} on {cfg['select_on']}), "
             f"last epoch {last_acc:.2f}%")
+    _leakage(cfg, run, model, bundle, defenses, device, metrics, progress)
     if cfg.get("no_attack"):
         metrics["status"] = "finished"
         write_json(run.metrics_path, metrics)
@@ -229,7 +230,9 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
             merged[k] = cfg[k]
     merged.pop("no_attack", None)
     force = bool(cfg.get("force"))
-    if not todo(metrics, merged, force):
+    from lifecycle.leakage import needs_leakage
+
+    if not todo(metrics, merged, force) and not needs_leakage(metrics, merged):
         if metrics.get("status") != "finished":  # killed between the last result and the status
             metrics["status"] = "finished"
             write_json(run.metrics_path, metrics)
@@ -240,7 +243,16 @@ def _attack_trained(cfg: dict, run: Run, progress: bool) -> dict:
     seed_everything(int(merged["random_seed"]))
     tr = load_trained_run(run.dir, {k: merged.get(k) for k in given_now})
     check_attack_data(tr.cfg, tr.bundle)
+    _leakage(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress, force)
     return _attack(tr.cfg, run, tr.model, tr.bundle, tr.defenses, tr.device, metrics, progress, force)
+
+
+def _leakage(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool, force: bool = False):
+    """The attack-independent leakage figures (lifecycle/leakage.py), when the run lacks them."""
+    from lifecycle.leakage import record_leakage
+
+    record_leakage(cfg, run.dir, model, bundle, defenses, device, metrics, progress=progress, log=run.log,
+                   force=force)
 
 
 def _attack(cfg, run: Run, model, bundle, defenses, device, metrics: dict, progress: bool,

@@ -28,6 +28,18 @@ DERIVED_KEYS = frozenset({"torch", "num_classes", "image_size", "n_train", "n_va
                           "identity", "device", "data_files"})
 
 
+# metrics.json leakage (lifecycle/leakage.py): the attack-independent figures a record carries.
+LEAKAGE_FIELDS = ("dfil", "dfil_se", "dfil_rel_se", "probes", "mse_bound_unbiased", "mi_bound_nats",
+                  "mi_bound_bits_per_dim", "groups", "images")
+
+
+def _leakage(data: dict) -> dict:
+    """{field: number or None}; 'note': why there are none (no noise, an error), else None."""
+    lk = data.get("leakage") if isinstance(data.get("leakage"), dict) else {}
+    note = lk.get("dfil_note") or lk.get("error")
+    return {**{k: _num(lk.get(k)) for k in LEAKAGE_FIELDS}, "note": one_line(note)[:120] if note else None}
+
+
 def _num(x):
     """Numbers a run can have recorded stay numbers; anything else (missing, strings, NaN, ±inf, 1e300)
     becomes None (tools/untrusted.number)."""
@@ -178,6 +190,7 @@ def _record(path: Path, data: dict) -> dict:
         "attacks": {},
         "view": SENT,
         "variant": None,
+        "leakage": _leakage(data),
     }
     # The --AT_regularization defence; strength 0 switches it off, so such a run is a plain one.
     at, st = cfg.get("AT_regularization"), _num(cfg.get("AT_regularization_strength"))

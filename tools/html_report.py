@@ -259,6 +259,14 @@ def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which
     body.append("<h2>Privacy–utility trade-off</h2><p class=\"note\">Test accuracy against attack MSE, one line "
                 "per λ, points labelled by σ; error bars ± sd over seeds.</p>"
                 + ("".join(plots) or "<p>No attack scores.</p>"))
+    if any(r["leakage"]["mse_bound_unbiased"] is not None for _, runs in grouped for r in runs):
+        from tools.leakage_report import bound_figure
+
+        png = bound_figure(grouped, files, attack, mode, which)
+        body.append("<h2>Attack MSE against the dFIL bound</h2><p class=\"note\">One line per λ through σ; below the "
+                    "dashed diagonal an attacker beats the Cramér–Rao bound, which only a biased attacker can "
+                    "(docs/leakage.md); error bars ± sd over seeds.</p>"
+                    + _img(f"{FILES}/{png.name}", "attack MSE against the dFIL bound", "plot"))
     body.append(f"<h2>Reconstructions, λ = 0 against λ &gt; 0</h2>{reconstructions(grouped, files, attack, mode, own)}")
     body.append(f"<h2>Training curves</h2>{training_curves(grouped, files)}")
     lines = list(skipped or []) + own

@@ -36,7 +36,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.collect import METRICS, attack_modes, cell_table, group_title, groups, load_runs, mean, scores, sort_key
+from tools.collect import (
+    LEAKAGE_FIELDS,
+    METRICS,
+    attack_modes,
+    cell_table,
+    group_title,
+    groups,
+    load_runs,
+    mean,
+    scores,
+    sort_key,
+)
 from tools.provenance import provenance
 from tools.stats import DASH, fmt, fmt_g, fmt_mean_sd
 from tools.untrusted import csv_value, md, one_line
@@ -56,15 +67,18 @@ def write_csv(runs, path: Path, which: str) -> None:
     # A metric missing from every run (e.g. ssim_lib in older files) would only add empty columns.
     metric_cols = [f"{a}_{m}_{k}_{s}" for a, m in modes for k in METRICS for s in ("mean", "std")]
     metric_cols = [c for c in metric_cols if any(sc.get(c) is not None for sc in flat)]
+    leak_cols = [f for f in LEAKAGE_FIELDS if any(r["leakage"][f] is not None for r in runs)]
     order = sorted(range(len(runs)), key=lambda i: tuple(
         sort_key(runs[i][k]) for k in ("dataset", "arch", "cutlayer", "defense", "at_strength", "sigma", "lambd",
                                        "filename")))
     f = io.StringIO(newline="")
     w = csv.writer(f)  # quotes a value holding a comma, quote or newline: one run, one row
-    w.writerow([csv_value(c) for c in CONFIG_COLUMNS + metric_cols])  # attack names come from the runs too
+    # attack names come from the runs too
+    w.writerow([csv_value(c) for c in CONFIG_COLUMNS + [f"leak_{f}" for f in leak_cols] + metric_cols])
     for i in order:
         r, sc = runs[i], flat[i]
         w.writerow([("" if r[c] is None else csv_value(r[c])) for c in CONFIG_COLUMNS]
+                   + [("" if r["leakage"][f] is None else r["leakage"][f]) for f in leak_cols]
                    + [("" if sc.get(c) is None else sc[c]) for c in metric_cols])
     write_file_atomic(path, f.getvalue().encode("utf-8"))
 
@@ -212,6 +226,12 @@ def run(args) -> list[Path]:
     gain = gain_markdown(grouped, args.attack, args.mode, args.which)
     text += queries_markdown(runs, args.mode, args.which)
     gain += attackers_gain_markdown(runs, args.mode, args.which)
+    from tools.leakage_report import leakage_gain_markdown, leakage_markdown
+
+    leak = leakage_gain_markdown(grouped, args.attack, args.mode, args.which) + "\n" + \
+        leakage_markdown(grouped, args.attack, args.mode, args.which)
+    leak = "\n## Leakage figures (attack-independent; docs/leakage.md)\n" + leak if leak.strip() else ""
+    gain += leak
     write_file_atomic(md_path, (head + text + gain).encode("utf-8"))
     # matplotlib is slow to import; only needed here
     from tools.html_report import write_html
