@@ -89,7 +89,7 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                     entry["saved_model"] = str(saved.relative_to(run_dir))
                 where.results[mode] = entry
                 with signals_deferred():  # a checkpoint left beside its finished results would be stale
-                    _write_merged(run_dir, metrics)
+                    write_merged(run_dir, metrics)
                     ck = getattr(attack, "checkpoint_path", None)
                     if ck is not None:
                         ck.unlink(missing_ok=True)
@@ -98,11 +98,11 @@ def run_attacks(cfg: dict, run_dir: Path, model, bundle, defenses, device, metri
                     f"PSNR {f['psnr_mean']:.2f} dB (mean-image guess: MSE {b['mse_mean']:.4f} "
                     f"PSNR {b['psnr_mean']:.2f} dB)  {res.wall_time_s:.0f} s  grid: {run_dir / grid}")
     metrics["status"] = "finished"
-    _write_merged(run_dir, metrics)
+    write_merged(run_dir, metrics)
     return metrics
 
 
-def _write_merged(run_dir: Path, metrics: dict) -> None:
+def write_merged(run_dir: Path, metrics: dict) -> None:
     """Write metrics.json keeping attack results that another process (say run_gan_attack.py while
     main_MIA.py --attack_only runs) recorded since this one read the file: results are never lost."""
     path = run_dir / "metrics.json"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from lifecycle.attack_runner import _write_merged, finished_runs
+from lifecycle.attack_runner import finished_runs, write_merged
 from utils import UserError, normalize
 
 VERSION = 1
@@ -93,7 +93,7 @@ def record_leakage(cfg: dict, run_dir, model, bundle, defenses, device, metrics:
         first = (str(e).splitlines() or [""])[0][:200]
         log(f"warning: leakage figures not computed: {type(e).__name__}: {first}")
         metrics["leakage"] = {"error": f"{type(e).__name__}: {first}", "settings": leakage_key(cfg)}
-    _write_merged(Path(run_dir), metrics)
+    write_merged(Path(run_dir), metrics)
     return metrics
 
 

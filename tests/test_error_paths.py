@@ -221,7 +221,7 @@ def test_an_attack_stopped_as_it_records_results_leaves_no_stale_checkpoint(tmp_
     settings = {"gan_AE_type": "res_normN0C8", "gan_epochs": 2, "gan_batch_size": 16, "checkpoint_every": 1,
                 "attack_modes": "train_time", "attacks": "gan", "progress": False, "device": "cpu",
                 "data_root": str(tmp_path)}
-    original = attack_runner._write_merged
+    original = attack_runner.write_merged
     calls = []
 
     def write_then_ctrl_c(run_dir, metrics):
@@ -234,7 +234,7 @@ def test_an_attack_stopped_as_it_records_results_leaves_no_stale_checkpoint(tmp_
 
     # Whatever an earlier test in this process left installed, Ctrl-C means KeyboardInterrupt here.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    monkeypatch.setattr(attack_runner, "_write_merged", write_then_ctrl_c)
+    monkeypatch.setattr(attack_runner, "write_merged", write_then_ctrl_c)
     monkeypatch.setattr(signal, "raise_signal", lambda s: pytest.fail("re-delivered through the OS"))
     try:
         with pytest.raises(KeyboardInterrupt):
