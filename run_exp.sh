@@ -4,7 +4,7 @@
 set -uo pipefail
 set -f  # sweep lists and --extra are split into words; never glob-expand them
 
-# --quick: CEM against no CEM at one noise level, meant to finish within 10 minutes on a 2-core CPU.
+# --quick: CEM against no CEM at one noise level, about 4¼ minutes on 2 idle CPU cores (README).
 # Small data means few SGD steps per epoch, so batch 32 (4x the steps of the paper's 128 for the same
 # compute) with the lr scaled alike (0.05 * 32/128 = 0.0125), constant until 70% of the run, then x0.2
 # at 70% and 90%. CEM's step is coupled to the lr (lambda_eff = lambda*0.001/lr), so lambda_eff rises
