@@ -59,6 +59,8 @@ def test_error_falls_with_k_on_a_sigma_01_run_and_the_report_shows_the_curve(tmp
     section = md[md.index("## Repeated queries"):]
     row = next(line for line in section.splitlines() if line.startswith("| r |"))
     assert [f"{mse[k]:.4f}" in row for k in (1, 4, 16)] == [True] * 3, row
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Repeated queries: MSE against K" in page and (tmp_path / "rep" / "report_files" / "queries.png").is_file()
 
 
 def test_a_run_without_fresh_randomness_says_so(tmp_path, capsys):

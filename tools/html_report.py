@@ -267,6 +267,16 @@ def write_html(out: Path, grouped, sections: list, attack: str, mode: str, which
                     "dashed diagonal an attacker beats the Cramér–Rao bound, which only a biased attacker can "
                     "(docs/leakage.md); error bars ± sd over seeds.</p>"
                     + _img(f"{FILES}/{png.name}", "attack MSE against the dFIL bound", "plot"))
+    from tools.queries import queries_figure
+
+    runs_all = [r for _, runs in grouped for r in runs]
+    png = queries_figure(runs_all, files, mode, which)
+    if png is not None:
+        body.append("<h2>Repeated queries: MSE against K</h2><p class=\"note\">The attacker averages K independent "
+                    "sends of each image and trains on such means (--attack_queries K); one panel per σ, one line "
+                    "per λ, mean over seeds, error bars ± sd. A line falling with K: the defence's protection "
+                    "rests on fresh per-send noise that averaging removes.</p>"
+                    + _img(f"{FILES}/{png.name}", "attack MSE against K", "plot"))
     body.append(f"<h2>Reconstructions, λ = 0 against λ &gt; 0</h2>{reconstructions(grouped, files, attack, mode, own)}")
     body.append(f"<h2>Training curves</h2>{training_curves(grouped, files)}")
     lines = list(skipped or []) + own

@@ -58,3 +58,41 @@ def queries_markdown(runs: list[dict], mode: str, which: str) -> str:
                + (f" No curve for runs without fresh randomness per send (no noise, local DP or dropout: K sends "
                   f"equal one): {md(', '.join(fixed))}." if fixed else "") + "\n")
     return "\n".join(out)
+
+
+def queries_figure(runs: list[dict], out, mode: str, which: str, name: str = "queries.png"):
+    """One panel per σ (and attack): attack MSE against K, one line per λ, the mean over the runs (seeds)
+    that have each K, error bars ± sd. None when no run has results at more than one K."""
+    import math
+    from pathlib import Path
+
+    from tools.plot import plt, save
+    from tools.stats import sd
+    from tools.untrusted import mpl
+
+    rows = curves(runs, mode, which)
+    panels = sorted({(c["sigma"], c["attack"], c["view"]) for c in rows}, key=lambda p: (sort_key(p[0]), p[1], p[2]))
+    if not panels:
+        return None
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (sigma, attack, view) in zip(axes.flat, panels):
+        mine = [c for c in rows if (c["sigma"], c["attack"], c["view"]) == (sigma, attack, view)]
+        for lam in sorted({c["lambd"] for c in mine}, key=sort_key):
+            ks = sorted({k for c in mine if c["lambd"] == lam for k in c["mse"]})
+            vals = [[c["mse"][k] for c in mine if c["lambd"] == lam and c["mse"].get(k) is not None] for k in ks]
+            pts = [(k, sum(v) / len(v), sd(v) or 0.0) for k, v in zip(ks, vals) if v]
+            if pts:
+                x, y, e = zip(*pts)
+                ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=f"λ={fmt_g(lam)}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("K, sends averaged per image")
+        ax.set_ylabel(f"{mpl(attack)} MSE ({mode})")
+        ax.set_title(f"σ={fmt_g(sigma)}, view {mpl(view)}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return save(fig, Path(out) / name, dpi=120)
