@@ -49,3 +49,15 @@ def test_three_seeds_need_no_seed_note_and_cifar10_is_named(tmp_path, capsys):
     for text in (md, page, out):
         assert "Data: CIFAR-10" in text and "fallback" not in text
         assert "One seed per setting" not in text
+
+
+def test_the_batch_psnr_beside_ours_is_explained_where_it_appears(tmp_path, capsys):
+    write_run(tmp_path, 0.05, 0.0, 125, 80.0, {"decoder": 0.02})
+    md, _, _ = _outputs(tmp_path, capsys)
+    assert "(batch" not in md and "published code's PSNR" not in md  # no batch PSNR recorded: no note
+    for m in tmp_path.rglob("metrics.json"):
+        data = json.loads(m.read_text())
+        data["attack"]["decoder"]["train_time"]["final"].update(psnr_batch_mean=19.5, psnr_batch_std=0.5)
+        m.write_text(json.dumps(data))
+    md, page, _ = _outputs(tmp_path, capsys)
+    assert "(batch 19.5)" in md and "published code's PSNR" in md and "(batch X)" in page

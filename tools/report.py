@@ -143,8 +143,15 @@ def markdown(grouped, attack: str, mode: str, which: str) -> str:
                    f"{DASH} = not available; with (n=k): mean ± sd over k runs (seeds), without: one run. "
                    "SSIM is the paper code's (zero-padded window); results.csv's ssim_lib (pytorch-msssim, valid "
                    "window) differs from it by an amount, and in a direction, that depends on the images, so "
-                   "compare ssim with ssim only.\n")
+                   "compare ssim with ssim only." + _BATCH_NOTE * any(c is not None and c.get("psnr_batch") is not None
+                                                                    for c in cells.values()) + "\n")
     return "\n".join(out)
+
+
+# What "(batch X)" after a PSNR means, said wherever it appears (docs/differences.md, item B).
+_BATCH_NOTE = (" PSNR is the mean over images of 10·log10(1/MSE of the image); \"(batch X)\" beside it is the "
+               "published code's PSNR: 10·log10(1/MSE) of each scoring batch's mean MSE, averaged over batches. "
+               "It is never above ours, since the log of a mean is at least the mean of the logs.")
 
 
 def comparison(grouped, mode: str, which: str) -> str:
@@ -171,7 +178,8 @@ def comparison(grouped, mode: str, which: str) -> str:
         base = _baseline_text(runs, names[0], mode)
         out.append((base + " " if base else "") + f"Same evaluation images for every attack ({which} "
                    "reconstructor); higher MSE and lower SSIM/PSNR mean better privacy; with (n=k): mean ± sd over "
-                   "k runs (seeds).\n")
+                   "k runs (seeds)." + _BATCH_NOTE * any(c is not None and c.get("psnr_batch") is not None
+                                                         for t in tables.values() for c in t[2].values()) + "\n")
     return "\n".join(out)
 
 
