@@ -2,6 +2,7 @@
 throughput measured on the device the runs would use (tools/estimate.py)."""
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_switched_off_it_measures_nothing(tmp_path, monkeypatch, measured):
 
 
 def test_run_exp_dry_run_prints_a_measured_estimate(tmp_path):
-    env = {**os.environ, estimate.ENV_SWITCH: "1", "DATA_ROOT": str(tmp_path / "no_data")}
+    env = {**os.environ, estimate.ENV_SWITCH: "1", "DATA_ROOT": str(tmp_path / "no_data"), "PYTHON": sys.executable}
     r = subprocess.run(["bash", "run_exp.sh", "--dry-run", "--quick", "--folder", str(tmp_path / "runs")], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

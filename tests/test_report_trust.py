@@ -110,11 +110,14 @@ def test_strings_cannot_forge_rows_or_markup(tmp_path, capsys):
     assert not any("99.50" in row or "forged" in row for row in _table_rows(md))  # only in a one-line title
     assert not any(line.startswith("### cifar10, forged") for line in md.splitlines())
     rows = _table_rows(md)
-    # One table (header + σ=0.05) and the CEM-gain table (header + one row), all with their own widths.
-    assert len(rows) == 4, rows
-    gain_head, gain_row = [r for r in rows if "defence" in r or r.startswith("| drop")]
+    # One table (header + σ=0.05), the CEM-gain table (header + one row) and the gain against every attacker
+    # (header, the decoder, the strongest), all with their own widths.
+    assert len(rows) == 7, rows
+    gain_head, gain_row = [r for r in rows if r.startswith("| defence") or r.startswith("| drop")]
     assert gain_row.count("|") == gain_head.count("|")  # no cell shifted
     assert "drop&#124;out" in gain_row
+    per_attacker = rows[4:]
+    assert all(r.count("|") == per_attacker[0].count("|") for r in per_attacker) and "drop&#124;out" in per_attacker[1]
     page = page_of(root)
     assert "script" not in page.tags and all("onerror" not in i for i in page.imgs)
     assert all(len(row) == len(t[0]) for t in page.tables for row in t)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is no
 def stand_in_repo(tmp_path, main_code=FAKE_MAIN):
     """The sweep's scripts with main_MIA.py replaced by a fast stand-in."""
     repo = tmp_path / "repo"
-    for package in ("tools", "lifecycle", "attacks", "defenses"):
+    for package in ("tools", "lifecycle", "attacks", "defenses", "utils"):
         shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     for f in REPO.glob("*.py"):
         shutil.copy(f, repo / f.name)

@@ -115,7 +115,10 @@ def test_sca_encoder_has_the_published_layout_and_forward(case):
     means = torch.tensor(case["z_channel_means"], dtype=torch.float64).view(z.shape[:2])
     assert torch.allclose(z.double().mean(dim=(2, 3)), means, rtol=1e-5, atol=1e-6)
     if case["z_full"] is not None:
-        assert torch.allclose(z, torch.tensor(case["z_full"]).view(z.shape), rtol=1e-5, atol=1e-6)
+        # Element-wise to 1e-5: the golden z was computed on another CPU, and one LCA step's threshold
+        # turns a float32 rounding difference of the bottleneck into a few 1e-6 of z (4.7e-6 seen on one
+        # of 2,048 values here); a wrong layer, step count or threshold is off by orders more.
+        assert torch.allclose(z, torch.tensor(case["z_full"]).view(z.shape), rtol=1e-5, atol=1e-5)
     _close(logits, case["logits"], rel=1e-4, what="logits")
     centred = (logits - logits.mean(0))[:, :10]
     assert torch.allclose(centred.double(), torch.tensor(case["logits_centred_head"], dtype=torch.float64).view(
