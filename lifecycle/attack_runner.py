@@ -11,6 +11,7 @@ resumable GAN checkpoints `attacks/gan_<mode><tag>.ckpt.pt` (removed once the at
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -124,19 +125,11 @@ def attack_run(run_dir, settings: dict) -> dict:
     own go beside its results (lifecycle/results.py), never over them. Returns the updated metrics.json
     content.
     """
-    from lifecycle.run_folder import Run
-    from lifecycle.trained_run import load_trained_run, read_run_config
+    from lifecycle.trained_run import load_trained_run
 
     run_dir = Path(run_dir)
     overrides = {k: settings.get(k) for k in (*attack_flags(), "data_root", "device")}
-    saved, _ = read_run_config(run_dir)
-    run = Run(run_dir.parent, run_dir.name)
-    run.open()
-    try:
-        metrics = run.metrics()
-        if metrics.get("status") != "finished" or "train" not in metrics:
-            raise UserError(f"{run_dir} has not finished training (status {metrics.get('status')!r}); "
-                            "finish it with main_MIA.py --resume first")
+    with trained_folder(run_dir) as (run, saved, metrics):
         merged = {**saved, **{k: v for k, v in overrides.items() if v is not None}}
         force = bool(settings.get("force"))
         if not todo(metrics, merged, force):
@@ -148,6 +141,24 @@ def attack_run(run_dir, settings: dict) -> dict:
             run.log(f"note: {n}")
         return run_attacks(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, metrics,
                            progress=bool(settings.get("progress", True)), log=run.log, force=force)
+
+
+@contextmanager
+def trained_folder(run_dir: Path):
+    """(the open, locked Run, its recorded config, its metrics) of a run folder whose training finished;
+    a UserError otherwise. What attacking a folder and adding its leakage figures both start from."""
+    from lifecycle.run_folder import Run
+    from lifecycle.trained_run import read_run_config
+
+    saved, _ = read_run_config(run_dir)
+    run = Run(run_dir.parent, run_dir.name)
+    run.open()
+    try:
+        metrics = run.metrics()
+        if metrics.get("status") != "finished" or "train" not in metrics:
+            raise UserError(f"{run_dir} has not finished training (status {metrics.get('status')!r}); "
+                            "finish it with main_MIA.py --resume first")
+        yield run, saved, metrics
     finally:
         run.close()
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from lifecycle.attack_runner import finished_runs, write_merged
+from lifecycle.attack_runner import finished_runs, trained_folder, write_merged
 from utils import UserError, normalize
 
 VERSION = 1
@@ -99,19 +99,11 @@ def record_leakage(cfg: dict, run_dir, model, bundle, defenses, device, metrics:
 
 def leakage_run(run_dir, settings: Optional[dict] = None) -> str:
     """The figures of one trained run folder ('computed' or 'present'); the folder is locked meanwhile."""
-    from lifecycle.run_folder import Run
-    from lifecycle.trained_run import load_trained_run, read_run_config
+    from lifecycle.trained_run import load_trained_run
 
     settings = settings or {}
     run_dir = Path(run_dir)
-    saved, _ = read_run_config(run_dir)
-    run = Run(run_dir.parent, run_dir.name)
-    run.open()
-    try:
-        metrics = run.metrics()
-        if metrics.get("status") != "finished" or "train" not in metrics:
-            raise UserError(f"{run_dir} has not finished training (status {metrics.get('status')!r}); "
-                            "finish it with main_MIA.py --resume first")
+    with trained_folder(run_dir) as (run, saved, metrics):
         force = bool(settings.get("force"))
         if not needs_leakage(metrics, saved, force):
             return "present"
@@ -119,8 +111,6 @@ def leakage_run(run_dir, settings: Optional[dict] = None) -> str:
         record_leakage(tr.cfg, run_dir, tr.model, tr.bundle, tr.defenses, tr.device, metrics,
                        progress=bool(settings.get("progress", True)), log=run.log, force=force)
         return "computed"
-    finally:
-        run.close()
 
 
 def leakage_folders(paths) -> list[Path]:
